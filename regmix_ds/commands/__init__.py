@@ -1,0 +1,1 @@
+"""One module per `regmix-ds` subcommand: argument parsing only, the work is in the stage modules."""

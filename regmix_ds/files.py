@@ -1,0 +1,91 @@
+"""File helpers shared by every stage: atomic writes and strict, safe reads.
+
+Anything another process may read (a manifest, a result, a results table) is written to a
+temporary file in the same directory and renamed into place, so a reader sees the old file or
+the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+import yaml
+
+from regmix_ds.errors import RegmixError
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_safe_name(name: str, where: object, what: str = "name") -> str:
+    """Reject names that could leave the work directory or break file names (`../x`, `a/b`)."""
+    if not isinstance(name, str) or not SAFE_NAME.match(name) or ".." in name:
+        raise RegmixError(where, f"invalid {what} {name!r}: use letters, digits, '_', '.', '-'")
+    return name
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
+    """Yield a file handle; on success it replaces `path` at once, on error it leaves nothing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        encoding = None if "b" in mode else "utf-8"
+        with os.fdopen(fd, mode, encoding=encoding) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_output(path) as handle:
+        handle.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Parse a JSON file; a missing or malformed file is a one-line RegmixError naming it."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise RegmixError(path, "file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RegmixError(path, f"not valid JSON ({err})") from None
+    except OSError as err:
+        raise RegmixError(path, f"cannot read ({err.strerror})") from None
+
+
+def read_yaml(path: str | os.PathLike) -> Any:
+    """Parse a YAML file with `safe_load` only: user files never construct Python objects."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise RegmixError(path, "file not found") from None
+    except yaml.YAMLError as err:
+        problem = str(err).replace("\n", " ")
+        raise RegmixError(path, f"not valid YAML ({problem})") from None
+    except OSError as err:
+        raise RegmixError(path, f"cannot read ({err.strerror})") from None
+
+
+def read_mapping(path: str | os.PathLike) -> dict:
+    """Read a JSON or YAML file (by extension) that must hold a mapping at its top level."""
+    data = read_json(path) if str(path).endswith(".json") else read_yaml(path)
+    if not isinstance(data, dict):
+        raise RegmixError(path, "expected a mapping at the top level")
+    return data

@@ -1,0 +1,103 @@
+"""The mixture value type: domain weights keyed by name, validated once, trusted downstream."""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from regmix_ds.errors import RegmixError
+from regmix_ds.files import check_safe_name, read_json, write_json_atomic
+
+SUM_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """Non-negative, finite weights over named domains that sum to 1.
+
+    Build it with `Mixture.from_weights` (or `load`): the constructor is the only place that
+    checks, so every Mixture in the program is valid. Domain order is kept as given.
+    """
+
+    weights: Mapping[str, float]
+    source: str = field(default="mixture", compare=False)
+
+    def __post_init__(self) -> None:
+        weights = _validated(self.weights, self.source)
+        total = math.fsum(weights.values())
+        if abs(total - 1.0) > SUM_TOLERANCE:
+            raise RegmixError(self.source, f"weights sum to {total:.9g}, not 1 (pass renormalize to rescale)")
+        object.__setattr__(self, "weights", MappingProxyType(weights))
+
+    @classmethod
+    def from_weights(
+        cls, weights: Mapping[str, Any], *, renormalize: bool = False, source: object = "mixture"
+    ) -> "Mixture":
+        """Validate `weights`; rescale them to sum 1 only when the caller asks for it."""
+        clean = _validated(weights, source)
+        if renormalize:
+            total = math.fsum(clean.values())
+            clean = {name: w / total for name, w in clean.items()}
+        return cls(clean, source=str(source))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, renormalize: bool = False) -> "Mixture":
+        """Read a mixture file: `{"weights": {"<domain>": w, ...}, ...free metadata}`."""
+        data = read_json(path)
+        if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
+            raise RegmixError(path, 'expected a JSON object with a "weights" mapping')
+        return cls.from_weights(data["weights"], renormalize=renormalize, source=path)
+
+    @property
+    def domains(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def content_hash(self) -> str:
+        """A stable hash of the weights alone (name order and metadata do not change it)."""
+        canonical = json.dumps({k: float(v) for k, v in sorted(self.weights.items())}, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def check_domains(self, known: Iterable[str], where: object) -> None:
+        """Every manifest domain must be named, and no unknown name may appear."""
+        known = list(known)
+        unknown = sorted(set(self.weights) - set(known))
+        missing = [name for name in known if name not in self.weights]
+        if unknown:
+            raise RegmixError(where, f"mixture names unknown domain(s) {', '.join(unknown)}")
+        if missing:
+            raise RegmixError(where, f"mixture lacks domain(s) {', '.join(missing)}")
+
+    def vector(self, domains: Iterable[str]) -> np.ndarray:
+        """The weights as a float64 array in the order of `domains` (absent names are 0)."""
+        return np.array([self.weights.get(name, 0.0) for name in domains], dtype=np.float64)
+
+    def to_json(self, **metadata: Any) -> dict:
+        return {"weights": dict(self.weights), "hash": self.content_hash(), **metadata}
+
+    def save(self, path: str | os.PathLike, **metadata: Any) -> None:
+        write_json_atomic(path, self.to_json(**metadata))
+
+
+def _validated(weights: Mapping[str, Any], source: object) -> dict[str, float]:
+    if not isinstance(weights, Mapping) or not weights:
+        raise RegmixError(source, "mixture has no weights")
+    clean: dict[str, float] = {}
+    for name, value in weights.items():
+        check_safe_name(name, source, "domain name")
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise RegmixError(source, f"weight of {name!r} is not a number: {value!r}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise RegmixError(source, f"weight of {name!r} is not finite: {value}")
+        if value < 0:
+            raise RegmixError(source, f"weight of {name!r} is negative: {value}")
+        clean[name] = value
+    if not any(w > 0 for w in clean.values()):
+        raise RegmixError(source, "all weights are zero")
+    return clean
