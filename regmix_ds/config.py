@@ -7,11 +7,12 @@ the file and the key, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Optional, TypeVar
 
 from regmix_ds.errors import RegmixError
 from regmix_ds.files import check_safe_name, read_mapping
@@ -111,6 +112,91 @@ class DataConfig:
             raise RegmixError("data.num_proc", "must be >= 1")
 
 
+# Statistically the swarm RegMix released (data/train_mixture_1m.csv): its mechanism, with
+# settings fitted to that file, because the constants in its script give far sparser mixtures.
+# min_weight 5e-4 is the file's resolution (3 decimals): below it a weight shows there as 0.
+_REGMIX_RELEASED = dict(
+    temperature=0.1, min_strength=1.0, max_strength=5.0, strength_steps=15,
+    min_weight=5e-4, cap=15.0, max_epochs=15.0, dedup_distance=1e-5,
+)
+SWARM_PRESETS: dict[str, dict[str, float]] = {
+    # The released swarm's shape, plus the usual 4-epoch repetition limit for the proxies and a
+    # coarser dedup: two mixtures 0.1% apart would train practically the same proxy.
+    "default": {**_REGMIX_RELEASED, "max_epochs": 4.0, "dedup_distance": 1e-3},
+    "regmix-paper": _REGMIX_RELEASED,
+    # The constants of RegMix's mixture_config/synthesize_mixture.py, as published.
+    "regmix-script": {**_REGMIX_RELEASED, "temperature": 0.5, "min_strength": 0.1, "min_weight": 2e-4},
+}
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """The `swarm:` section, read by `regmix-ds swarm`. Sampling settings left unset come from `preset`.
+
+    Each mixture: a strength s drawn from a log-spaced grid, weights ~ Dirichlet(s * prior^temperature),
+    weights below `min_weight` set to 0 and the rest renormalised; kept only if every domain stays
+    under its usage cap and it is not a near-duplicate of a mixture already kept.
+    """
+
+    n: int = 512
+    """Number of mixtures (one proxy run each)."""
+    seed: int = 0
+    """Seed of the one random generator every draw comes from."""
+    preset: str = "default"
+    """Named bundle of the sampling settings below (see SWARM_PRESETS); set fields override it."""
+    temperature: Optional[float] = None
+    """Exponent on the prior before sampling: 1 keeps it, 0 treats every domain alike."""
+    min_strength: Optional[float] = None
+    """Smallest Dirichlet strength (small: mixtures dominated by few domains)."""
+    max_strength: Optional[float] = None
+    """Largest Dirichlet strength (large: mixtures close to the tempered prior)."""
+    strength_steps: Optional[int] = None
+    """Points of the log-spaced strength grid; each mixture draws one uniformly."""
+    min_weight: Optional[float] = None
+    """Weights below this become 0 (too few samples of a domain to matter), the rest renormalised."""
+    cap: Optional[float] = None
+    """A domain's weight may be at most cap x its prior share."""
+    max_epochs: Optional[float] = None
+    """With `proxy_tokens`: no domain may need more than this many passes over its train tokens."""
+    proxy_tokens: Optional[int] = None
+    """Tokens one proxy trains on; enables the `max_epochs` cap (needs manifest token counts)."""
+    dedup_distance: Optional[float] = None
+    """A mixture closer than this (L1) to one already kept is rejected as a near-duplicate."""
+
+    def __post_init__(self) -> None:
+        _require(self.n >= 1, "n", "must be >= 1")
+        _require(self.seed >= 0, "seed", "must be >= 0")
+        if self.preset not in SWARM_PRESETS:
+            raise RegmixError("swarm.preset", f"unknown preset {self.preset!r} (known: {', '.join(SWARM_PRESETS)})")
+        for name in ("min_strength", "max_strength", "cap", "max_epochs"):
+            _require_number(self, name, positive=True)
+        for name in ("temperature", "min_weight", "dedup_distance"):
+            _require_number(self, name, positive=False)
+        _require(self.min_weight is None or self.min_weight < 1, "min_weight", "must be < 1")
+        _require(self.strength_steps is None or self.strength_steps >= 1, "strength_steps", "must be >= 1")
+        _require(self.proxy_tokens is None or self.proxy_tokens >= 1, "proxy_tokens", "must be >= 1")
+        if self.min_strength is not None and self.max_strength is not None:
+            _require(self.min_strength <= self.max_strength, "min_strength",
+                     f"{self.min_strength:g} exceeds max_strength {self.max_strength:g}")
+
+    def resolved(self) -> "SwarmConfig":
+        """This config with every sampling setting it leaves unset taken from its preset."""
+        preset = SWARM_PRESETS[self.preset]
+        return dataclasses.replace(self, **{k: v for k, v in preset.items() if getattr(self, k) is None})
+
+
+def _require(condition: bool, name: str, problem: str) -> None:
+    if not condition:
+        raise RegmixError(f"swarm.{name}", problem)
+
+
+def _require_number(config: SwarmConfig, name: str, positive: bool) -> None:
+    value = getattr(config, name)
+    if value is not None:
+        ok = math.isfinite(value) and (value > 0 if positive else value >= 0)
+        _require(ok, name, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment. Every relative path in it resolves against the config file's directory."""
@@ -118,6 +204,7 @@ class ExperimentConfig:
     work_dir: str
     """Where every stage writes: data/, swarm/, proxies/, fit/, best.json."""
     data: DataConfig
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     path: str = ""
     """The file it was read from (set by `load`, used in error messages)."""
 
@@ -128,7 +215,13 @@ class ExperimentConfig:
         if "work_dir" not in raw:
             raise RegmixError(where, "missing key work_dir")
         work_dir = Path(path).parent / str(raw["work_dir"])
-        config = section_from_dict(cls, {**raw, "work_dir": str(work_dir)}, where)
+        try:
+            config = section_from_dict(cls, {**raw, "work_dir": str(work_dir)}, where)
+        except RegmixError as err:
+            # Sections validate themselves without knowing the file; name it for the user.
+            if err.where.startswith(where):
+                raise
+            raise RegmixError(f"{where}: {err.where}", err.problem) from None
         return dataclasses.replace(config, path=where)
 
     @property
