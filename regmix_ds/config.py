@@ -90,7 +90,7 @@ class DataConfig:
     targets: dict[str, DomainSource] = field(default_factory=dict)
     """Extra validation-only sets (for example the target you optimise the mixture for)."""
     valid_documents: int = 200
-    """Documents per domain held out (from the end of a seeded shuffle) for validation."""
+    """Documents per domain held out for validation, drawn with `seed`; the rest train, in input order."""
     seed: int = 0
     """Seed of the train/valid split shuffle."""
     num_proc: int = 2
@@ -198,6 +198,127 @@ def _require_number(config: SwarmConfig, name: str, positive: bool) -> None:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """The `proxy:` section: how each swarm member is trained (`regmix-ds proxy`, `slurm/proxies.sh`).
+
+    Every proxy trains the same model from the same seed for the same tokens; only its mixture
+    differs, so differences in validation loss are the mixture's doing (RegMix's protocol).
+    """
+
+    deepspeed_config: str
+    """DeepSpeed JSON (micro-batch, accumulation, optimizer, ZeRO stage), relative to this file."""
+    train_tokens: int
+    """Training tokens per proxy (RegMix: 1B for its 1M-parameter proxies)."""
+    preset: str = "proxy-1m"
+    """Model preset (`train.py --help` lists them)."""
+    seq_len: int = 2048
+    """Tokens per training sequence."""
+    lr: Optional[float] = None
+    """Peak learning rate; unset keeps the DeepSpeed config's optimizer lr."""
+    warmup: int = 0
+    """Linear warmup steps, then a constant rate (RegMix's proxy schedule)."""
+    seed: int = 0
+    """Model initialisation and data-order seed, the same for every proxy."""
+    eval_batches: int = 4
+    """Validation micro-batches per domain and target set."""
+    save_interval: int = 0
+    """Checkpoint every N steps (0: only when Slurm signals the time limit or a requeue)."""
+    max_epochs: Optional[float] = None
+    """Repetition cap per domain (unset: the sampler's default)."""
+
+    def __post_init__(self) -> None:
+        for name in ("train_tokens", "seq_len", "eval_batches"):
+            if getattr(self, name) < 1:
+                raise RegmixError(f"proxy.{name}", "must be >= 1")
+        for name in ("warmup", "save_interval", "seed"):
+            if getattr(self, name) < 0:
+                raise RegmixError(f"proxy.{name}", "must be >= 0")
+        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
+            raise RegmixError("proxy.lr", f"must be a positive number, got {self.lr}")
+
+
+REGRESSORS = ("lightgbm", "linear")
+
+
+def _check(condition: bool, where: str, problem: str) -> None:
+    if not condition:
+        raise RegmixError(where, problem)
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """The `fit:` section (or `regmix-ds fit` flags): the regression from mixture to target loss."""
+
+    target: str = ""
+    """Loss to predict: `pile_cc`, or a weighted sum `pile_cc=0.7,github=0.3` (short loss names)."""
+    regressor: str = "lightgbm"
+    """`lightgbm` (gradient-boosted trees, RegMix's choice) or `linear` (least squares)."""
+    trees: int = 1000
+    """Most trees; k-fold cross-validation inside the training runs picks how many are kept."""
+    learning_rate: float = 0.01
+    subsample: float = 0.8
+    """Fraction of runs each tree sees (LightGBM bagging); 1.0 is RegMix's exact setting."""
+    folds: int = 5
+    """k of the k-fold cross-validation that reports quality and picks the tree count."""
+    early_stopping: int = 100
+    """Stop adding trees when the mean fold loss has not improved for this many."""
+    seed: int = 0
+    threads: int = 1
+    """LightGBM training threads. Proxy tables are tiny, so more threads only add
+    synchronisation (on a busy 2-core machine, OpenMP spin-waiting made 2 threads 90x slower)."""
+
+    def __post_init__(self) -> None:
+        _check(self.regressor in REGRESSORS, "fit.regressor", f"unknown {self.regressor!r}; use {' or '.join(REGRESSORS)}")
+        for name in ("trees", "early_stopping", "threads"):
+            _check(getattr(self, name) >= 1, f"fit.{name}", "must be >= 1")
+        _check(self.folds >= 2, "fit.folds", "must be >= 2")
+        _check(0 < self.learning_rate <= 1, "fit.learning_rate", "must be in (0, 1]")
+        _check(0 < self.subsample <= 1, "fit.subsample", "must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """The `simulate:` section (or `regmix-ds simulate` flags): candidates, constraints, choice."""
+
+    candidates: int = 1_000_000
+    """Candidates drawn from Dirichlet(prior x strength), before the support filter."""
+    strength_min: float = 0.1
+    strength_max: float = 5.0
+    strengths: int = 15
+    """Log-spaced Dirichlet strengths in [strength_min, strength_max]; candidates split evenly."""
+    top_k: int = 128
+    """Best candidates averaged into the chosen mixture."""
+    bootstrap: int = 20
+    """Refits on resampled proxy runs that give the intervals (0: no intervals)."""
+    confidence: float = 0.95
+    """Coverage of the percentile intervals."""
+    seed: int = 0
+    max_weight: dict[str, float] = field(default_factory=dict)
+    """Explicit per-domain caps; each replaces that domain's largest training weight."""
+    max_epochs: Optional[float] = None
+    """With target_tokens: passes over a domain's training tokens (from the manifest) allowed."""
+    target_tokens: Optional[int] = None
+    """Tokens the target model trains on."""
+
+    def __post_init__(self) -> None:
+        _check(self.candidates >= 1, "simulate.candidates", "must be >= 1")
+        _check(0 < self.strength_min <= self.strength_max, "simulate.strength_min", "need 0 < strength_min <= strength_max")
+        _check(self.strengths >= 1, "simulate.strengths", "must be >= 1")
+        _check(1 <= self.top_k <= self.candidates, "simulate.top_k", "must be between 1 and candidates")
+        _check(self.bootstrap >= 0, "simulate.bootstrap", "must be >= 0")
+        _check(0 < self.confidence < 1, "simulate.confidence", "must be in (0, 1)")
+        _check(self.max_epochs is None or self.max_epochs > 0, "simulate.max_epochs", "must be > 0")
+        _check(self.target_tokens is None or self.target_tokens > 0, "simulate.target_tokens", "must be > 0")
+        _check(
+            (self.max_epochs is None) == (self.target_tokens is None),
+            "simulate.target_tokens",
+            "give both max_epochs and target_tokens, or neither",
+        )
+        for name, cap in self.max_weight.items():
+            _check(0 < cap <= 1, "simulate.max_weight", f"cap of {name!r} must be in (0, 1], got {cap}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment. Every relative path in it resolves against the config file's directory."""
 
@@ -205,6 +326,10 @@ class ExperimentConfig:
     """Where every stage writes: data/, swarm/, proxies/, fit/, best.json."""
     data: DataConfig
     swarm: SwarmConfig = field(default_factory=SwarmConfig)
+    proxy: Optional[ProxyConfig] = None
+    """Needed by `proxy`, `run-swarm` and `slurm/proxies.sh`; the other stages run without it."""
+    fit: FitConfig = field(default_factory=FitConfig)
+    simulate: SimulateConfig = field(default_factory=SimulateConfig)
     path: str = ""
     """The file it was read from (set by `load`, used in error messages)."""
 
@@ -227,6 +352,35 @@ class ExperimentConfig:
     @property
     def root(self) -> Path:
         return Path(self.work_dir)
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "data" / "manifest.json"
+
+    @property
+    def swarm_dir(self) -> Path:
+        return self.root / "swarm"
+
+    @property
+    def proxies_dir(self) -> Path:
+        return self.root / "proxies"
+
+    @property
+    def results_path(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def fit_dir(self) -> Path:
+        return self.root / "fit"
+
+    @property
+    def best_path(self) -> Path:
+        return self.root / "best.json"
+
+    def require_proxy(self) -> ProxyConfig:
+        if self.proxy is None:
+            raise RegmixError(self.path, "no proxy: section (deepspeed_config, train_tokens, preset, ...)")
+        return self.proxy
 
     def resolve(self, relative: str) -> Path:
         """A path from the config, taken relative to the config file's directory."""

@@ -254,10 +254,13 @@ def run_swarm(
         config, prior, tokens = SwarmConfig(), load_prior(prior_path), None
     else:
         experiment = ExperimentConfig.load(config_path)
-        manifest = Manifest.load(experiment.root / "data" / "manifest.json")
+        manifest = Manifest.load(experiment.manifest_path)
         config, prior = experiment.swarm, _manifest_prior(manifest, prior_path)
         tokens = {name: split.tokens for name, split in manifest.train.items()}
-        out_dir = out_dir or str(experiment.root / "swarm")
+        out_dir = out_dir or str(experiment.swarm_dir)
+        if config.proxy_tokens is None and experiment.proxy is not None:
+            # The epoch cap protects the proxies actually configured.
+            config = dataclasses.replace(config, proxy_tokens=experiment.proxy.train_tokens)
     config = dataclasses.replace(config, **(overrides or {}))
     if config.proxy_tokens is not None and tokens is None:
         raise RegmixError("swarm.proxy_tokens", "the epoch cap needs the manifest's token counts: use --config")

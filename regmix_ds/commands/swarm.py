@@ -59,6 +59,12 @@ def run(args: argparse.Namespace) -> None:
         swarm, out_dir = run_swarm(config_path=args.config, prior_path=args.prior, out_dir=args.out,
                           overrides=overrides, force=args.force)
     print(f"{out_dir}: {len(swarm.weights)} mixtures over {len(swarm.domains)} domains ({swarm.draws} draws)")
+    if args.config and not args.out:  # proxies read the swarm from <work_dir>/swarm only
+        from regmix_ds import proxies
+        from regmix_ds.config import ExperimentConfig
+
+        experiment = ExperimentConfig.load(args.config)
+        print("train it on Slurm:", proxies.sbatch_line(experiment, proxies.swarm_indices(experiment), throttle=64))
 
 
 @contextlib.contextmanager

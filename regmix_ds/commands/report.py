@@ -1,0 +1,40 @@
+"""`regmix-ds report`: PNG plots of a fit and of the chosen mixture (work in regmix_ds.report)."""
+from __future__ import annotations
+
+import argparse
+
+from regmix_ds.errors import RegmixError
+
+ORDER = 80
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="PNG plots: cross-validated predicted vs measured, chosen weights vs prior, weight vs target",
+        description="Writes predicted_vs_measured.png and domain_vs_target.png from a fit, and weights.png "
+        "(chosen weights with intervals next to the prior) when a best.json is given.",
+    )
+    parser.add_argument("--config", metavar="EXP_YAML", help="experiment config: model <work_dir>/fit, best.json "
+                        "<work_dir>/best.json (if present), output <work_dir>/report")
+    parser.add_argument("--model", metavar="DIR", help="output directory of regmix-ds fit")
+    parser.add_argument("--best", metavar="JSON", help="best.json from regmix-ds simulate (for weights.png)")
+    parser.add_argument("--out", metavar="DIR", help="directory for the PNGs")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    from regmix_ds.config import ExperimentConfig
+    from regmix_ds.report import report
+
+    experiment = ExperimentConfig.load(args.config) if args.config else None
+    model = args.model or (experiment.fit_dir if experiment else None)
+    out = args.out or (experiment.root / "report" if experiment else None)
+    best = args.best
+    if best is None and experiment is not None and experiment.best_path.exists():
+        best = experiment.best_path
+    for flag, value in (("--model", model), ("--out", out)):
+        if value is None:
+            raise RegmixError(flag, "required without --config")
+    for path in report(model, out, best):
+        print(path)

@@ -1,0 +1,60 @@
+import json
+
+import numpy as np
+import pytest
+
+from regmix_ds.cli import main
+from regmix_ds.config import FitConfig, SimulateConfig
+from regmix_ds.fit import fit
+from regmix_ds.report import report
+from regmix_ds.simulate import run_simulate
+from regmix_ds.tables import Target, read_regmix_tables
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def fitted(regmix_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    table = read_regmix_tables(regmix_data / "data/train_mixture_1m.csv", regmix_data / "data/train_pile_loss_1m.csv")
+    fit(table, Target.parse("pile_cc"), FitConfig(regressor="linear"), out / "fit")
+    run_simulate(out / "fit", out / "best.json", SimulateConfig(candidates=5000, bootstrap=4), regmix_data / "token_prior.yaml",
+                 progress=False)
+    return out
+
+
+def test_report_writes_three_pngs(fitted, tmp_path):
+    assert main(["report", "--model", str(fitted / "fit"), "--best", str(fitted / "best.json"), "--out", str(tmp_path)]) == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["domain_vs_target.png", "predicted_vs_measured.png", "weights.png"]
+    for path in tmp_path.iterdir():
+        data = path.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+
+
+def test_without_best_json_only_the_fit_plots(fitted, tmp_path):
+    written = report(fitted / "fit", tmp_path)
+    assert sorted(p.name for p in written) == ["domain_vs_target.png", "predicted_vs_measured.png"]
+
+
+def test_intervals_drawn_only_when_present(fitted):
+    from regmix_ds.mixture import Mixture
+    from regmix_ds.report import chosen_weights
+
+    best = json.loads((fitted / "best.json").read_text())
+    mixture = Mixture.load(fitted / "best.json")
+    with_bars = chosen_weights(best, mixture).axes[0]
+    best["intervals"] = {"confidence": 0.95, "bootstrap": 0}
+    without = chosen_weights(best, mixture).axes[0]
+    assert len(with_bars.lines) + len(with_bars.collections) > len(without.lines) + len(without.collections)
+    heights = [patch.get_height() for patch in with_bars.patches]
+    np.testing.assert_allclose(sorted(heights[len(mixture.domains):]), sorted(mixture.weights.values()))
+
+
+def test_bad_best_json_writes_nothing(fitted, tmp_path, capsys):
+    bad = tmp_path / "best.json"
+    bad.write_text('{"weights": {"pile_cc": 1.0}}')
+    out = tmp_path / "plots"
+    assert main(["report", "--model", str(fitted / "fit"), "--best", str(bad), "--out", str(out)]) == 2
+    assert "lacks domain" in capsys.readouterr().err
+    assert not out.exists()
