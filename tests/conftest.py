@@ -21,3 +21,70 @@ def regmix_data() -> Path:
     if not (REGMIX_DATA / "data" / "train_mixture_1m.csv").exists():
         pytest.fail(f"{REGMIX_DATA}: RegMix data not found (expected beside the project in shared/)")
     return REGMIX_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus_config(tmp_path_factory) -> Path:
+    """A small synthetic corpus (6 domains, 240 short documents each, a 60/30/10 target) and its exp.yaml.
+
+    `truth.json` beside it holds the target's true mixture. Not yet prepared: see `tiny_manifest`.
+    """
+    from regmix_ds.synth import SynthSettings, synthesize
+
+    out = tmp_path_factory.mktemp("tiny_corpus")
+    settings = SynthSettings(seed=0, docs_per_domain=240, target_docs=60, vocab_size=512, valid_documents=40)
+    return synthesize(out, settings)["config"]
+
+
+@pytest.fixture(scope="session")
+def tiny_manifest(tiny_corpus_config) -> Path:
+    """`tiny_corpus_config` prepared: a trained 512-token BPE, train/valid shards, manifest.json."""
+    from regmix_ds.config import ExperimentConfig
+    from regmix_ds.prepare import prepare
+
+    return prepare(ExperimentConfig.load(tiny_corpus_config), train_tokenizer=True).path
+
+
+DEEPSPEED_TEST_PORTS = range(29600, 29700)
+"""MASTER_PORTs of the DeepSpeed tests (a fixed one per test: DeepSpeed names its /dev/shm buffers after it)."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_deepspeed_shm_buffers():
+    """Delete the 66 MB `/dev/shm/deepspeed_allreduce_buffer_*_<port>_<rank>` files test runs leave."""
+    yield
+    for buffer in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):
+        port = buffer.name.rsplit("_", 2)[-2]
+        if port.isdigit() and int(port) in DEEPSPEED_TEST_PORTS:
+            buffer.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def tiny_experiment(tiny_manifest, tmp_path):
+    """A fresh copy of the prepared tiny corpus with a 4-proxy swarm and `proxy:` settings for
+    the `tiny` model; returns a factory `make(n=4, steps=8, **proxy_overrides) -> exp.yaml Path`."""
+    import shutil
+
+    import yaml
+
+    from regmix_ds.swarm import run_swarm
+
+    corpus = tiny_manifest.parent.parent.parent  # <corpus>/work/data/manifest.json
+
+    def make(n: int = 4, steps: int = 8, **proxy) -> Path:
+        root = tmp_path / "experiment"
+        shutil.copytree(corpus, root, symlinks=True)
+        config = yaml.safe_load((root / "exp.yaml").read_text())
+        micro, seq_len = 2, 32
+        config["proxy"] = {
+            "deepspeed_config": str(ROOT / "ds_configs" / "zero0.json"),
+            "preset": "tiny", "seq_len": seq_len, "train_tokens": steps * micro * seq_len,
+            "eval_batches": 2, **proxy,
+        }
+        config["swarm"] = {"n": n, "seed": 1}
+        path = root / "exp.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        run_swarm(config_path=str(path))
+        return path
+
+    return make

@@ -1,0 +1,163 @@
+"""Megatron-core indexed files: read files built byte by byte from the format, write the same bytes."""
+import struct
+
+import numpy as np
+import pytest
+
+from regmix_ds.errors import RegmixError
+from regmix_ds.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, write_indexed
+
+DOCS = [[5, 6, 7, 0], [9, 0], [1, 2, 3, 4, 65000, 0]]
+
+
+def megatron_bytes(sequences, dtype_code, numpy_dtype, document_indices=None):
+    """The .bin and .idx Megatron-LM's `_IndexWriter` produces, built here from the format alone."""
+    if document_indices is None:
+        document_indices = list(range(len(sequences) + 1))
+    itemsize = np.dtype(numpy_dtype).itemsize
+    lengths = [len(s) for s in sequences]
+    pointers = [sum(lengths[:i]) * itemsize for i in range(len(lengths))]
+    idx = b"MMIDIDX\x00\x00" + struct.pack("<Q", 1) + struct.pack("<B", dtype_code)
+    idx += struct.pack("<Q", len(sequences)) + struct.pack("<Q", len(document_indices))
+    idx += struct.pack(f"<{len(lengths)}i", *lengths)
+    idx += struct.pack(f"<{len(pointers)}q", *pointers)
+    idx += struct.pack(f"<{len(document_indices)}q", *document_indices)
+    fmt = {1: "B", 4: "i", 8: "H"}[dtype_code]
+    data = b"".join(struct.pack(f"<{len(s)}{fmt}", *s) for s in sequences)
+    return data, idx
+
+
+def write_pair(prefix, data, idx):
+    prefix.with_name(prefix.name + ".bin").write_bytes(data)
+    prefix.with_name(prefix.name + ".idx").write_bytes(idx)
+    return prefix
+
+
+@pytest.fixture
+def megatron_uint16(tmp_path):
+    return write_pair(tmp_path / "mega", *megatron_bytes(DOCS, 8, np.uint16))
+
+
+def test_reads_a_byte_built_megatron_file(megatron_uint16):
+    dataset = IndexedDataset(megatron_uint16)
+    assert len(dataset) == 3
+    assert dataset.dtype == np.uint16
+    assert dataset.num_tokens == sum(map(len, DOCS))
+    for i, doc in enumerate(DOCS):
+        assert dataset[i].tolist() == doc
+    assert dataset[-1].tolist() == DOCS[-1]
+    assert dataset.tokens.tolist() == [t for doc in DOCS for t in doc]
+    assert isinstance(dataset.tokens, np.memmap)
+    assert dataset.document_lengths.tolist() == [4, 2, 6]
+    with pytest.raises(IndexError):
+        dataset[3]
+
+
+def test_reads_int32_and_multi_sentence_documents(tmp_path):
+    # preprocess_data.py --split-sentences: document 0 is sequences 0 and 1.
+    sequences = [[100000, 1], [2], [70000, 3, 0]]
+    prefix = write_pair(tmp_path / "sent", *megatron_bytes(sequences, 4, np.int32, document_indices=[0, 2, 3]))
+    dataset = IndexedDataset(prefix)
+    assert dataset.dtype == np.int32
+    assert len(dataset) == 2
+    assert dataset[0].tolist() == [100000, 1, 2]
+    assert dataset[1].tolist() == [70000, 3, 0]
+
+
+@pytest.mark.parametrize(("vocab", "dtype"), [(1024, np.uint16), (65499, np.uint16), (65500, np.int32), (128256, np.int32)])
+def test_dtype_follows_megatron_threshold(vocab, dtype):
+    assert dtype_for_vocab(vocab) == np.dtype(dtype)
+
+
+@pytest.mark.parametrize(("dtype", "code"), [(np.uint16, 8), (np.int32, 4), (np.uint8, 1)])
+def test_writer_produces_megatron_bytes(tmp_path, dtype, code):
+    docs = [[t % 250 for t in doc] for doc in DOCS] if dtype == np.uint8 else DOCS
+    write_indexed(tmp_path / "ours", docs, dtype)
+    data, idx = megatron_bytes(docs, code, dtype)
+    assert (tmp_path / "ours.bin").read_bytes() == data
+    assert (tmp_path / "ours.idx").read_bytes() == idx
+
+
+def test_batched_documents_match_single_ones(tmp_path):
+    flat = np.array([t for doc in DOCS for t in doc], dtype=np.uint16)
+    with IndexedWriter(tmp_path / "batched", np.uint16) as writer:
+        writer.add_documents(flat[:6], np.array([4, 2]))
+        writer.add_documents(flat[6:], np.array([6]))
+    assert (writer.num_tokens, writer.num_documents) == (12, 3)
+    write_indexed(tmp_path / "single", DOCS, np.uint16)
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / f"batched{suffix}").read_bytes() == (tmp_path / f"single{suffix}").read_bytes()
+
+
+def test_empty_dataset_round_trips(tmp_path):
+    write_indexed(tmp_path / "empty", [], np.uint16)
+    dataset = IndexedDataset(tmp_path / "empty")
+    assert len(dataset) == 0 and dataset.num_tokens == 0
+
+
+def test_failed_write_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError):
+        with IndexedWriter(tmp_path / "crash", np.uint16) as writer:
+            writer.add_document([1, 2, 3])
+            raise RuntimeError("killed mid-write")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rewrite_replaces_the_old_pair(tmp_path):
+    write_indexed(tmp_path / "shard", DOCS, np.uint16)
+    write_indexed(tmp_path / "shard", [[4, 4]], np.uint16)
+    dataset = IndexedDataset(tmp_path / "shard")
+    assert len(dataset) == 1 and dataset[0].tolist() == [4, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.bin", "shard.idx"]
+
+
+def test_token_too_large_for_dtype_writes_nothing(tmp_path):
+    with pytest.raises(RegmixError, match="does not fit in uint16"):
+        write_indexed(tmp_path / "big", [[1, 70000]], np.uint16)
+    assert list(tmp_path.iterdir()) == []
+
+
+def corrupt(prefix, suffix, edit):
+    path = prefix.with_name(prefix.name + suffix)
+    path.write_bytes(edit(path.read_bytes()))
+    return path
+
+
+def idx_field(offset, fmt, value):
+    return lambda raw: raw[:offset] + struct.pack(fmt, value) + raw[offset + struct.calcsize(fmt) :]
+
+
+# Offsets in the .idx: magic 0-8, version 9, dtype 17, sequences 18, documents 26, lengths 34, ...
+BAD_FILES = {
+    "wrong magic": (".idx", lambda raw: b"NOTANIDX\x00" + raw[9:], "not a Megatron index"),
+    "bad version": (".idx", idx_field(9, "<Q", 2), "unsupported index version 2"),
+    "unknown dtype": (".idx", idx_field(17, "<B", 9), "unknown dtype code 9"),
+    "truncated idx": (".idx", lambda raw: raw[:-5], "truncated index"),
+    "idx shorter than header": (".idx", lambda raw: raw[:20], "truncated index"),
+    "idx with trailing bytes": (".idx", lambda raw: raw + b"\x00", "trailing bytes"),
+    "sequence count lies": (".idx", idx_field(18, "<Q", 4), "truncated index"),
+    "pointer off": (".idx", idx_field(34 + 3 * 4 + 8, "<q", 10), "pointers do not follow"),
+    "document indices end early": (".idx", idx_field(34 + 3 * 12 + 3 * 8, "<q", 2), "document indices run 0..2"),
+    "negative length": (".idx", idx_field(34, "<i", -4), "negative sequence length"),
+    "truncated bin": (".bin", lambda raw: raw[:-2], "truncated"),
+    "bin too long": (".bin", lambda raw: raw + b"\x00\x00", "longer than its index says"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_file_is_a_one_line_error_naming_it(megatron_uint16, case):
+    suffix, edit, problem = BAD_FILES[case]
+    path = corrupt(megatron_uint16, suffix, edit)
+    with pytest.raises(RegmixError, match=problem) as err:
+        IndexedDataset(megatron_uint16)
+    assert err.value.where == str(path)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("missing", [".bin", ".idx"])
+def test_missing_file_is_named(megatron_uint16, missing):
+    path = megatron_uint16.with_name(megatron_uint16.name + missing)
+    path.unlink()
+    with pytest.raises(RegmixError, match="not found") as err:
+        IndexedDataset(megatron_uint16)
+    assert err.value.where == str(path)
