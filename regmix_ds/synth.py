@@ -13,6 +13,7 @@ target loss, so a mixture search should land near `truth.json`.
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,15 @@ STYLES = (
 )
 DEFAULT_TARGET = {"news": 0.6, "code": 0.3, "chat": 0.1}
 
+# The whole loop on 2 CPU cores in minutes: small proxies that still tell mixtures apart on this
+# corpus, and a simulation sized to the few runs a laptop can afford.
+DEMO_SECTIONS = {
+    "swarm": {"n": 32, "seed": 0},
+    "proxy": {"preset": "demo", "seq_len": 128, "train_tokens": 65536, "warmup": 10, "lr": 0.003, "eval_batches": 8},
+    "fit": {"target": TARGET_NAME, "folds": 4},
+    "simulate": {"candidates": 200000, "bootstrap": 10, "top_k": 32},
+}
+
 
 @dataclass(frozen=True)
 class SynthSettings:
@@ -89,6 +99,8 @@ class SynthSettings:
     """Tokenizer vocabulary written into exp.yaml for `prepare --train-tokenizer`."""
     valid_documents: int = 100
     """Per-domain validation documents written into exp.yaml."""
+    deepspeed_config: str | None = None
+    """With a DeepSpeed config, exp.yaml also gets the demo's swarm/proxy/fit/simulate sections."""
 
     def __post_init__(self) -> None:
         if self.target is None:
@@ -102,6 +114,8 @@ class SynthSettings:
             )
         if self.valid_documents < 1 or self.target_docs < 1:
             raise RegmixError("--valid-documents/--target-docs", "must be >= 1")
+        if self.deepspeed_config is not None and not Path(self.deepspeed_config).is_file():
+            raise RegmixError("--deepspeed-config", f"{self.deepspeed_config}: file not found")
         Mixture.from_weights(self.target, renormalize=True, source="--target")
         unknown = sorted(set(self.target) - set(self.domains))
         if unknown:
@@ -301,6 +315,10 @@ def _write_config(path: Path, settings: SynthSettings) -> Path:
             "targets": {TARGET_NAME: {"paths": [f"{TARGET_NAME}.jsonl"]}},
         },
     }
+    if settings.deepspeed_config is not None:
+        # Relative to exp.yaml, so the corpus directory can move together with the checkout.
+        deepspeed_config = os.path.relpath(Path(settings.deepspeed_config).resolve(), path.parent.resolve())
+        config |= {**DEMO_SECTIONS, "proxy": {"deepspeed_config": deepspeed_config, **DEMO_SECTIONS["proxy"]}}
     header = f"# Written by `regmix-ds synth --seed {settings.seed}`; the target's true mixture is in truth.json.\n"
     write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
     return path

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--valid-documents", type=int, default=100, help="validation documents per domain put in exp.yaml (default 100)"
     )
+    parser.add_argument(
+        "--deepspeed-config", help="also write the demo's swarm/proxy/fit/simulate sections, proxies using this DeepSpeed JSON"
+    )
     parser.set_defaults(run=run)
 
 
@@ -58,6 +61,7 @@ def run(args: argparse.Namespace) -> None:
         target=parse_target(args.target),
         vocab_size=args.vocab_size,
         valid_documents=args.valid_documents,
+        deepspeed_config=args.deepspeed_config,
     )
     written = synthesize(args.out, settings)
     print(f"wrote {len(settings.domains)} domains, the target set and {written['config']} (truth: {written['truth']})")

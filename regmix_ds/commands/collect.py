@@ -1,0 +1,30 @@
+"""`regmix-ds collect`: proxies' results -> results.csv, and the sbatch line for what is left."""
+ORDER = 50
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "collect",
+        help="gather proxies/n*/result.json into results.csv; report done/running/failed/missing",
+        description="Writes <work_dir>/results.csv (atomically) and prints how many proxies are done, "
+        "running, failed and missing, with the sbatch line that trains only the failed and missing ones.",
+    )
+    parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
+    parser.add_argument("--stale-minutes", type=float, default=30.0,
+                        help="a run directory unchanged this long without a result counts as failed (default 30)")
+    parser.add_argument("--throttle", type=int, default=64, help="array throttle in the printed sbatch line (default 64)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from regmix_ds import collect, proxies
+    from regmix_ds.config import ExperimentConfig
+
+    experiment = ExperimentConfig.load(args.config)
+    collection = collect.collect(experiment, stale_seconds=args.stale_minutes * 60)
+    counts = collection.counts()
+    print(" ".join(f"{status} {counts.get(status, 0)}" for status in collect.STATUSES), f"-> {experiment.results_path}")
+    todo = collection.indices("failed", "missing")
+    if todo:
+        print("to train the failed and missing ones:", proxies.sbatch_line(experiment, todo, args.throttle))
+    return 0

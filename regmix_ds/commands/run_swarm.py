@@ -1,0 +1,27 @@
+"""`regmix-ds run-swarm`: train the swarm on this machine, without Slurm."""
+ORDER = 45
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run-swarm",
+        help="train every (or some) proxy locally, several at once; finished ones are skipped",
+        description="The local stand-in for `sbatch slurm/proxies.sh`: runs `regmix-ds proxy` for each "
+        "swarm index, --jobs at a time with the cores shared out, logs in proxies/n<i>/proxy.log.",
+    )
+    parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
+    parser.add_argument("--jobs", type=int, default=1, help="proxies trained at once (default 1)")
+    parser.add_argument("--indices", help="only these swarm indices, e.g. 1-16,20 (default: all)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from regmix_ds import proxies
+    from regmix_ds.config import ExperimentConfig
+
+    indices = proxies.parse_ranges(args.indices, "--indices") if args.indices else None
+    failed = proxies.run_swarm(ExperimentConfig.load(args.config), indices, args.jobs)
+    if failed:
+        print(f"run-swarm: {len(failed)} proxies failed: {proxies.format_ranges(failed)}")
+        return 1
+    return 0

@@ -1,0 +1,29 @@
+"""`regmix-ds verify`: train the chosen and the natural mixture as proxies and compare."""
+ORDER = 85
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="train best.json and the natural mixture as proxies; compare with the swarm's best and median",
+        description="Trains the chosen mixture (<work_dir>/best.json) and the natural one (token shares) "
+        "with the swarm's proxy settings (and --reference, if given), then prints and writes "
+        "summary.md and verify.json: each one's measured target loss beside the best and median swarm member.",
+    )
+    parser.add_argument("--config", required=True, help="experiment config (exp.yaml); fit.target names the target")
+    parser.add_argument("--reference", help="one more mixture JSON to train and compare (e.g. the synthetic truth.json)")
+    parser.add_argument("--out", help="report folder (default <work_dir>/report)")
+    parser.add_argument("--jobs", type=int, default=2, help="proxies trained at once (default 2)")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from regmix_ds.config import ExperimentConfig
+    from regmix_ds.verify import verify
+
+    experiment = ExperimentConfig.load(args.config)
+    out = Path(args.out) if args.out else experiment.root / "report"
+    verify(experiment, out, Path(args.reference) if args.reference else None, args.jobs)
+    return 0

@@ -1,0 +1,98 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from regmix_ds.config import ExperimentConfig
+from regmix_ds.errors import RegmixError
+from regmix_ds.proxies import format_ranges, parse_ranges, proxy_dir, sbatch_line, train_config
+
+from tests.helpers import run_cli, wait_for_steps
+
+
+@pytest.mark.parametrize("indices, text", [([1, 2, 3, 7, 9, 10], "1-3,7,9-10"), ([5], "5"), ([3, 1, 2, 2], "1-3")])
+def test_index_ranges_round_trip(indices, text):
+    assert format_ranges(indices) == text
+    assert parse_ranges(text, "--indices") == sorted(set(indices))
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "1-2-3", "1,,2"])
+def test_bad_index_range_is_an_error(text):
+    with pytest.raises(RegmixError, match="--indices: not an index range"):
+        parse_ranges(text, "--indices")
+
+
+def test_every_proxy_gets_the_same_settings_but_its_mixture(tiny_experiment):
+    experiment = ExperimentConfig.load(tiny_experiment(n=3))
+    first, second = train_config(experiment, 1), train_config(experiment, 2)
+    assert first.mixture.endswith("swarm/n1.json") and second.mixture.endswith("swarm/n2.json")
+    assert first.out != second.out and first.resume == "auto"
+    differing = {k for k in vars(first) if getattr(first, k) != getattr(second, k)}
+    assert differing == {"mixture", "out"}
+    line = sbatch_line(experiment, [1, 2, 3], throttle=8)
+    assert line == f"sbatch --array=1-3%8 slurm/proxies.sh {experiment.path}"
+
+
+def test_proxy_trains_once_then_skips(tiny_experiment):
+    config = tiny_experiment(n=2)
+    done = run_cli("proxy", "--config", config, "--index", 2)
+    assert done.returncode == 0, done.stderr
+    result_path = proxy_dir(ExperimentConfig.load(config), 2) / "result.json"
+    result = json.loads(result_path.read_text())
+    assert result["steps"] == 8 and set(result["valid_loss"]) >= {"news", "code", "target"}
+    stamp = result_path.stat().st_mtime_ns
+    again = run_cli("proxy", "--config", config, "--index", 2)
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    assert result_path.stat().st_mtime_ns == stamp
+
+
+def test_proxy_needs_a_known_index_and_a_proxy_section(tiny_experiment, tmp_path):
+    config = tiny_experiment(n=2)
+    missing = run_cli("proxy", "--config", config, "--index", 9)
+    assert missing.returncode == 2 and "--index: no mixture" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    assert not (config.parent / "work" / "proxies" / "n9").exists()
+    text = config.read_text()
+    bare = tmp_path / "bare.yaml"
+    bare.write_text(text[: text.index("proxy:")].replace("work_dir: work", f"work_dir: {config.parent / 'work'}"))
+    no_proxy = run_cli("proxy", "--config", bare, "--index", 1)
+    assert no_proxy.returncode == 2 and "no proxy: section" in no_proxy.stderr
+
+
+def test_run_swarm_trains_every_proxy_and_a_second_run_trains_none(tiny_experiment):
+    config = tiny_experiment(n=3)
+    first = run_cli("run-swarm", "--config", config, "--jobs", 2)
+    assert first.returncode == 0, first.stdout + first.stderr
+    experiment = ExperimentConfig.load(config)
+    results = [json.loads((proxy_dir(experiment, i) / "result.json").read_text()) for i in (1, 2, 3)]
+    assert len({r["mixture_hash"] for r in results}) == 3
+    assert len({r["valid_loss"]["target"] for r in results}) == 3  # different mixtures, different losses
+    second = run_cli("run-swarm", "--config", config, "--jobs", 2)
+    assert second.returncode == 0 and "3 of 3 proxies already done; training 0" in second.stdout
+
+
+def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path):
+    config = tiny_experiment(n=1, steps=60, save_interval=1000)
+    experiment = ExperimentConfig.load(config)
+    out = proxy_dir(experiment, 1)
+    uninterrupted = run_cli("proxy", "--config", config, "--index", 1)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    reference = json.loads((out / "result.json").read_text())
+    os.rename(out, tmp_path / "reference")
+
+    process = subprocess.Popen([sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", str(config), "--index", "1"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    wait_for_steps(out / "metrics.jsonl", 5)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 75, process.stdout.read()
+    assert not (out / "result.json").exists()
+    resumed = run_cli("proxy", "--config", config, "--index", 1)
+    assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stdout + resumed.stderr
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == reference["steps"] == 60
+    for name, loss in reference["valid_loss"].items():
+        assert result["valid_loss"][name] == pytest.approx(loss, abs=1e-6)
+

@@ -1,0 +1,113 @@
+"""slurm/proxies.sh and slurm/target.sh on the real localhost Slurm cluster that
+launchers/test.sh starts (launchers/slurm-local.sh). Skipped, with the reason, without one."""
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from regmix_ds.collect import collect
+from regmix_ds.config import ExperimentConfig
+from regmix_ds.proxies import proxy_dir
+
+from tests.conftest import ROOT
+from tests.helpers import run_cli, wait_for_steps
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+def slurm_problem() -> str | None:
+    if not shutil.which("sbatch"):
+        return "sbatch not installed (launchers/setup.sh installs Slurm as root on Debian)"
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    if "UP" not in ping.stdout:
+        return f"no Slurm controller reachable (SLURM_CONF={os.environ.get('SLURM_CONF')}): {ping.stdout.strip()}"
+    return None
+
+
+@pytest.fixture(autouse=True)
+def require_slurm():
+    problem = slurm_problem()
+    if problem:
+        print(f"skipping Slurm tests: {problem}")
+        pytest.skip(problem)
+
+
+def sbatch(*args, cwd) -> str:
+    done = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip().split(";")[0]
+
+
+def wait_for_job(job_id: str, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True)
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return
+        time.sleep(1)
+    raise AssertionError(f"Slurm job {job_id} still queued after {timeout} s")
+
+
+def results(experiment, indices):
+    return {i: json.loads((proxy_dir(experiment, i) / "result.json").read_text()) for i in indices}
+
+
+def test_proxy_array_trains_each_task_once(tiny_experiment, tmp_path):
+    config = tiny_experiment(n=4)
+    experiment = ExperimentConfig.load(config)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    wait_for_job(sbatch("--array=1-4%2", f"--chdir={logs}", "slurm/proxies.sh", config, cwd=ROOT))
+    collection = collect(experiment)
+    assert [row.status for row in collection.rows] == ["done"] * 4, sorted(p.name for p in logs.iterdir())
+    first = {i: (proxy_dir(experiment, i) / "result.json").stat().st_mtime_ns for i in range(1, 5)}
+
+    wait_for_job(sbatch("--array=1-4", f"--chdir={logs}", "slurm/proxies.sh", config, cwd=ROOT))
+    assert {i: (proxy_dir(experiment, i) / "result.json").stat().st_mtime_ns for i in range(1, 5)} == first
+    second_logs = [p.read_text() for p in logs.glob("regmix-proxy-*_*.log")]
+    assert sum("nothing to do" in text for text in second_logs) == 4
+
+
+def test_requeued_task_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path):
+    config = tiny_experiment(n=1, steps=200)
+    experiment = ExperimentConfig.load(config)
+    out = proxy_dir(experiment, 1)
+    job = sbatch("--array=1", f"--chdir={tmp_path}", "slurm/proxies.sh", config, cwd=ROOT)
+    wait_for_steps(out / "metrics.jsonl", 5)
+    requeue = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    wait_for_job(job)
+    log = next(tmp_path.glob("regmix-proxy-*_1.log")).read_text()
+    assert "restart 1" in log and "resumed from" in log, log
+    requeued = results(experiment, [1])[1]
+
+    shutil.rmtree(out)
+    uninterrupted = run_cli("proxy", "--config", config, "--index", 1)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr
+    reference = results(experiment, [1])[1]
+    assert requeued["steps"] == reference["steps"] == 200
+    for name, loss in reference["valid_loss"].items():
+        assert requeued["valid_loss"][name] == pytest.approx(loss, abs=1e-6)
+
+
+def test_target_script_runs_two_ranks_through_srun(tiny_manifest, tmp_path):
+    mixture = tmp_path / "best.json"
+    manifest = json.loads(tiny_manifest.read_text())
+    domains = list(manifest["domains"])
+    mixture.write_text(json.dumps({"weights": {d: 1 / len(domains) for d in domains}}))
+    out = tmp_path / "target"
+    job = sbatch(
+        "--ntasks=2", "--cpus-per-task=1", f"--chdir={tmp_path}", "--export=ALL,MASTER_PORT=29631",
+        "slurm/target.sh", "--manifest", tiny_manifest, "--mixture", mixture,
+        "--deepspeed_config", ROOT / "ds_configs" / "zero3.json", "--preset", "tiny", "--seq-len", 32,
+        "--steps", 3, "--out", out, cwd=ROOT,
+    )
+    wait_for_job(job)
+    log = next(tmp_path.glob("regmix-target-*.log")).read_text()
+    assert (out / "result.json").exists(), log
+    result = json.loads((out / "result.json").read_text())
+    assert result["world_size"] == 2 and result["zero_stage"] == 3 and result["steps"] == 3
+    assert "2 rank(s) via slurm" in log

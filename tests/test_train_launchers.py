@@ -1,0 +1,103 @@
+"""`train.py` under real multi-process launchers, 2 CPU ranks, gloo, ZeRO-3: the deepspeed launcher,
+mpirun (ranks from mpi4py) and, where the local Slurm cluster runs, srun."""
+import json
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from regmix_ds.trainer import EXIT_REQUEUE
+from tests.test_trainer import (
+    STEPS, assert_hf_model_reproduces, assert_same_run, finish, launch, run, signal_after_step, step_losses,
+    train_args, write_mixture,
+)
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+DEEPSPEED_PORT = 29641
+MPIRUN_PORT = 29642
+SRUN_PORT = 29643
+
+
+def deepspeed_command(args: list[str]) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(DEEPSPEED_PORT), "train.py", *args]
+
+
+def mpirun_command(args: list[str]) -> list[str]:
+    return [str(BIN / "mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, "train.py", *args]
+
+
+def rank_processes(launcher_pid: int, local_rank: int) -> list[int]:
+    """PIDs of the train.py processes the deepspeed launcher started for `local_rank`."""
+    found = []
+    for child in psutil.Process(launcher_pid).children(recursive=True):
+        try:
+            command = child.cmdline()
+        except psutil.NoSuchProcess:
+            continue
+        if "train.py" in command and f"--local_rank={local_rank}" in command:
+            found.append(child.pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def deepspeed_reference(tiny_manifest, tmp_path_factory):
+    base = tmp_path_factory.mktemp("launchers")
+    mixture = write_mixture(tiny_manifest, base / "mix.json")
+    out = base / "deepspeed"
+    code, output = run(deepspeed_command(train_args(tiny_manifest, out, mixture, eval_interval=8)), DEEPSPEED_PORT)
+    assert code == 0, output[-4000:]
+    return {"base": base, "mixture": mixture, "out": out, "output": output}
+
+
+def test_deepspeed_launcher_trains_two_zero3_ranks(deepspeed_reference, tiny_manifest):
+    result = json.loads((deepspeed_reference["out"] / "result.json").read_text())
+    assert (result["world_size"], result["global_batch"], result["zero_stage"]) == (2, 4, 3)
+    assert result["tokens"] == STEPS * 4 * 32 and result["steps"] == STEPS
+    assert sorted(step_losses(deepspeed_reference["out"])) == list(range(1, STEPS + 1))
+    assert all(0 < loss < 10 for loss in result["valid_loss"].values())
+    assert "2 rank(s) via env" in deepspeed_reference["output"]
+    assert_hf_model_reproduces(deepspeed_reference["out"], tiny_manifest)  # ZeRO-3 shards gathered
+
+
+def test_deepspeed_launcher_resumes_after_a_signal_to_one_rank(deepspeed_reference, tiny_manifest):
+    out = deepspeed_reference["base"] / "deepspeed_interrupted"
+    command = deepspeed_command(train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8))
+    process = launch(command, DEEPSPEED_PORT)
+    # Only rank 1 is signalled: the ranks agree by all-reduce and both save before exiting.
+    signal_after_step(process, out, lambda: rank_processes(process.pid, local_rank=1))
+    code, output = finish(process)
+    assert code == EXIT_REQUEUE, output[-4000:]
+    assert max(step_losses(out)) < STEPS and not (out / "result.json").exists()
+    code, output = run(command + ["--resume", "auto"], DEEPSPEED_PORT)
+    assert code == 0, output[-4000:]
+    assert_same_run(out, deepspeed_reference["out"])
+
+
+def test_mpirun_discovers_ranks_through_mpi_and_matches_the_deepspeed_launcher(deepspeed_reference, tiny_manifest):
+    out = deepspeed_reference["base"] / "mpirun"
+    args = train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8)
+    code, output = run(mpirun_command(args), MPIRUN_PORT)
+    assert code == 0, output[-4000:]
+    assert "2 rank(s) via mpi" in output
+    result = json.loads((out / "result.json").read_text())
+    assert (result["world_size"], result["global_batch"]) == (2, 4)
+    # Same world size, data order and seed as the deepspeed-launched run: the same training.
+    assert_same_run(out, deepspeed_reference["out"])
+
+
+@pytest.mark.slurm
+def test_srun_tasks_find_their_ranks_and_train_like_the_deepspeed_launcher(deepspeed_reference, tiny_manifest):
+    from tests.test_slurm_scripts import slurm_problem
+
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(problem)
+    out = deepspeed_reference["base"] / "srun"
+    args = train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8)
+    code, output = run(["srun", "--ntasks", "2", sys.executable, "train.py", *args], SRUN_PORT)
+    assert code == 0, output[-4000:]
+    assert "2 rank(s) via slurm" in output
+    assert_same_run(out, deepspeed_reference["out"])
