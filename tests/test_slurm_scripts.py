@@ -100,7 +100,7 @@ def test_target_script_runs_two_ranks_through_srun(tiny_manifest, tmp_path):
     mixture.write_text(json.dumps({"weights": {d: 1 / len(domains) for d in domains}}))
     out = tmp_path / "target"
     job = sbatch(
-        "--ntasks=2", "--cpus-per-task=1", f"--chdir={tmp_path}", "--export=ALL,MASTER_PORT=29631",
+        "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", f"--chdir={tmp_path}", "--export=ALL,MASTER_PORT=29631",
         "slurm/target.sh", "--manifest", tiny_manifest, "--mixture", mixture,
         "--deepspeed_config", ROOT / "ds_configs" / "zero3.json", "--preset", "tiny", "--seq-len", 32,
         "--steps", 3, "--out", out, cwd=ROOT,

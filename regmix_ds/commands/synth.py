@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from regmix_ds.errors import RegmixError
 
 ORDER = 10
 
@@ -36,29 +35,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-def parse_target(text: str) -> dict[str, float]:
-    """`news=0.6,code=0.3` -> {"news": 0.6, "code": 0.3}."""
-    weights = {}
-    for pair in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = pair.partition("=")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError:
-            sep = ""
-        if not sep:
-            raise RegmixError("--target", f"expected name=weight pairs, got {pair!r}")
-    return weights
-
-
 def run(args: argparse.Namespace) -> None:
     from regmix_ds.synth import SynthSettings, synthesize
+    from regmix_ds.tables import parse_pairs
 
     settings = SynthSettings(
         seed=args.seed,
         docs_per_domain=args.docs_per_domain,
         target_docs=args.target_docs,
         num_domains=args.num_domains,
-        target=parse_target(args.target),
+        target=dict(parse_pairs(args.target, "--target")),
         vocab_size=args.vocab_size,
         valid_documents=args.valid_documents,
         deepspeed_config=args.deepspeed_config,

@@ -1,0 +1,53 @@
+import dataclasses
+
+import pytest
+
+from regmix_ds import config as config_module
+from regmix_ds.config import ExperimentConfig
+from regmix_ds.errors import RegmixError
+
+from tests.conftest import ROOT
+
+SECTIONS = {
+    "data": config_module.DataConfig, "data.domains.<name>": config_module.DomainSource,
+    "swarm": config_module.SwarmConfig, "proxy": config_module.ProxyConfig,
+    "fit": config_module.FitConfig, "simulate": config_module.SimulateConfig,
+}
+
+
+def test_every_config_key_is_documented_in_the_readme():
+    readme = (ROOT / "README.md").read_text()
+    keys = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+    undocumented = [key for key in keys if f"| `{key}` |" not in readme]
+    assert not undocumented
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("data: {domains: {a: {paths: [a.jsonl]}}}\n", "missing key work_dir"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarn: {}\n", "unknown key.*swarn"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}, valid_documents: many}\n", "data.valid_documents: expected int"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 0}\n",
+     "proxy.train_tokens: must be >= 1"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarm: {n: 0}\n", "swarm.n: must be >= 1"),
+    ("work_dir: w\ndata: {domains: {../a: {paths: [a.jsonl]}}}\n", "invalid domain name"),
+    ("work_dir: [w\n", "not valid YAML"),
+])
+def test_bad_config_is_one_line_naming_the_file(tmp_path, text, problem):
+    path = write(tmp_path, text)
+    with pytest.raises(RegmixError, match=problem) as info:
+        ExperimentConfig.load(path)
+    message = str(info.value)
+    assert message.startswith(str(path)) and "\n" not in message
+
+
+def test_paths_resolve_against_the_config_file(tmp_path):
+    path = write(tmp_path, "work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 8}\n")
+    experiment = ExperimentConfig.load(path)
+    assert experiment.manifest_path == tmp_path / "w" / "data" / "manifest.json"
+    assert experiment.resolve(experiment.require_proxy().deepspeed_config) == tmp_path / "d.json"
