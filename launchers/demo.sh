@@ -10,6 +10,8 @@
 #   DEMO_SEED   corpus seed                        (default 0)
 #   DEMO_JOBS   proxies trained at once            (default: the number of cores)
 #   DEMO_PORT   rendezvous port of the target run  (default 29517)
+#   DEMO_PROXIES  swarm size                       (default: exp.yaml's, 32)
+#   DEMO_DOCS   documents per synthetic domain     (default 1000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,9 @@ DIR=${1:-${DEMO_DIR:-demo}}
 SEED=${DEMO_SEED:-0}
 JOBS=${DEMO_JOBS:-$(nproc)}
 PORT=${DEMO_PORT:-29517}
+DOCS=${DEMO_DOCS:-1000}
+SWARM_FLAGS=()
+if [ -n "${DEMO_PROXIES:-}" ]; then SWARM_FLAGS=(--n "$DEMO_PROXIES"); fi
 CONFIG=$DIR/exp.yaml
 WORK=$DIR/work
 START=$SECONDS
@@ -27,12 +32,12 @@ stage() { printf '\n== %s  [%ds] ==\n' "$*" $((SECONDS - START)); }
 
 stage "1/9 synthetic corpus"
 if [ -f "$CONFIG" ]; then echo "$CONFIG exists"; else
-  regmix-ds synth --out "$DIR" --seed "$SEED" --deepspeed-config ds_configs/zero0.json
+  regmix-ds synth --out "$DIR" --seed "$SEED" --docs-per-domain "$DOCS" --deepspeed-config ds_configs/zero0.json
 fi
 stage "2/9 tokenizer and token shards"
 regmix-ds prepare --config "$CONFIG" --train-tokenizer
 stage "3/9 swarm of mixtures"
-if [ -f "$WORK/swarm/swarm.csv" ]; then echo "$WORK/swarm exists"; else regmix-ds swarm --config "$CONFIG"; fi
+if [ -f "$WORK/swarm/swarm.csv" ]; then echo "$WORK/swarm exists"; else regmix-ds swarm --config "$CONFIG" "${SWARM_FLAGS[@]}"; fi
 stage "4/9 proxies ($JOBS at a time)"
 regmix-ds run-swarm --config "$CONFIG" --jobs "$JOBS"
 stage "5/9 collect"

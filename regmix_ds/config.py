@@ -258,6 +258,9 @@ class FitConfig:
     learning_rate: float = 0.01
     subsample: float = 0.8
     """Fraction of runs each tree sees (LightGBM bagging); 1.0 is RegMix's exact setting."""
+    min_data_in_leaf: int = 20
+    """Fewest runs in a tree leaf (LightGBM's default, RegMix's); lower it for swarms of a few
+    dozen runs, where 20 leaves a fold's trees no split at all."""
     folds: int = 5
     """k of the k-fold cross-validation that reports quality and picks the tree count."""
     early_stopping: int = 100
@@ -269,7 +272,7 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         _check(self.regressor in REGRESSORS, "fit.regressor", f"unknown {self.regressor!r}; use {' or '.join(REGRESSORS)}")
-        for name in ("trees", "early_stopping", "threads"):
+        for name in ("trees", "early_stopping", "threads", "min_data_in_leaf"):
             _check(getattr(self, name) >= 1, f"fit.{name}", "must be >= 1")
         _check(self.folds >= 2, "fit.folds", "must be >= 2")
         _check(0 < self.learning_rate <= 1, "fit.learning_rate", "must be in (0, 1]")

@@ -55,6 +55,7 @@ def lightgbm_params(settings: FitConfig) -> dict[str, Any]:
         "objective": "regression",
         "metric": "l2",
         "learning_rate": settings.learning_rate,
+        "min_data_in_leaf": settings.min_data_in_leaf,
         "seed": settings.seed,
         "deterministic": True,
         "force_row_wise": True,

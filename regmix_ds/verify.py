@@ -50,8 +50,10 @@ def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None =
     mixtures = verification_mixtures(experiment, reference)
     runs = {}
     for name, mixture in mixtures.items():
-        mixture.save(runs_dir / f"{name}.json")
-        runs[name] = (runs_dir / name, ["--mixture", str(runs_dir / f"{name}.json"), "--out", str(runs_dir / name)])
+        # Keyed by content: a new best.json gets a new run instead of the old one's result.
+        run = runs_dir / f"{name}-{mixture.content_hash()}"
+        mixture.save(run.with_suffix(".json"))
+        runs[name] = (run, ["--mixture", str(run.with_suffix(".json")), "--out", str(run)])
     todo = {name: spec for name, spec in runs.items() if not (spec[0] / RESULT).is_file()}
     failed = run_proxy_processes(experiment, todo, jobs, "verify")
     if failed:

@@ -16,6 +16,7 @@ SETTINGS: dict[str, tuple[type, str]] = {
     "trees": (int, "most LightGBM trees; cross-validation in the training runs picks the count (default 1000)"),
     "learning_rate": (float, "LightGBM learning rate (default 0.01)"),
     "subsample": (float, "fraction of runs each tree sees, LightGBM bagging; 1.0 is RegMix's exact setting (default 0.8)"),
+    "min_data_in_leaf": (int, "fewest runs in a LightGBM leaf (default 20); lower it for small swarms"),
     "folds": (int, "k of the k-fold cross-validation (default 5)"),
     "early_stopping": (int, "trees without improvement of the mean fold loss before stopping (default 100)"),
     "seed": (int, "seed of the folds and of LightGBM (default 0)"),
