@@ -51,3 +51,12 @@ def test_paths_resolve_against_the_config_file(tmp_path):
     experiment = ExperimentConfig.load(path)
     assert experiment.manifest_path == tmp_path / "w" / "data" / "manifest.json"
     assert experiment.resolve(experiment.require_proxy().deepspeed_config) == tmp_path / "d.json"
+
+
+def test_the_readme_example_config_is_valid(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    example = readme.split("`pile.yaml`:\n```yaml\n", 1)[1].split("```", 1)[0]
+    experiment = ExperimentConfig.load(write(tmp_path, example))
+    assert len(experiment.data.domains) == 17
+    assert (experiment.swarm.n, experiment.require_proxy().preset, experiment.proxy.train_tokens) == (512, "proxy-1m", 10**9)
+    assert experiment.data.tokenizer == "EleutherAI/gpt-neox-20b" and experiment.fit.target == "pile_cc"
