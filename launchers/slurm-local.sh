@@ -62,7 +62,8 @@ start_munge() {
     chown munge:munge "$STATE/munge-key/munge.key"
     chmod 400 "$STATE/munge-key/munge.key"
   fi
-  runuser -u munge -- munged --socket="$MUNGE_SOCKET" --key-file="$STATE/munge-key/munge.key" \
+  # --force: a socket left by a munged that was killed (a previous session) is stale, not in use.
+  runuser -u munge -- munged --force --socket="$MUNGE_SOCKET" --key-file="$STATE/munge-key/munge.key" \
     --pid-file="$STATE/munge-run/munged.pid" --log-file="$STATE/munge-run/munged.log" \
     --seed-file="$STATE/munge-run/munged.seed"
 }
