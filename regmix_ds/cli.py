@@ -7,9 +7,12 @@ Commands import their stage lazily so `--help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import importlib
 import pkgutil
 import sys
+from typing import Any, Iterator
 
 from regmix_ds import __version__, commands
 from regmix_ds.errors import RegmixError
@@ -20,6 +23,34 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, settings: dict[str, tuple[type, str]]) -> None:
+    """One flag per config field (`--min-weight` for `min_weight`); unset flags stay None."""
+    for name, (kind, help_text) in settings.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
+
+
+def flags_given(args: argparse.Namespace, settings: dict[str, tuple[type, str]]) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in settings if getattr(args, name) is not None}
+
+
+@contextlib.contextmanager
+def errors_named_by_flag(given: dict[str, Any], prefix: str) -> Iterator[None]:
+    """A problem with a setting the user gave as a flag is reported under that flag's name."""
+    try:
+        yield
+    except RegmixError as err:
+        name = err.where.removeprefix(prefix)
+        if name in given:
+            raise RegmixError(f"--{name.replace('_', '-')}", err.problem) from None
+        raise
+
+
+def with_flags(section: Any, given: dict[str, Any], prefix: str) -> Any:
+    """The config section with the flags the user gave applied."""
+    with errors_named_by_flag(given, prefix):
+        return dataclasses.replace(section, **given)
 
 
 def command_modules() -> list:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from typing import Any
 
+from regmix_ds.cli import add_setting_flags, flags_given, with_flags
 from regmix_ds.errors import RegmixError
 
 ORDER = 60
@@ -22,26 +21,6 @@ SETTINGS: dict[str, tuple[type, str]] = {
     "seed": (int, "seed of the folds and of LightGBM (default 0)"),
     "threads": (int, "LightGBM training threads (default 1: the tables are tiny)"),
 }
-
-
-def add_setting_flags(parser: argparse.ArgumentParser, settings: dict[str, tuple[type, str]]) -> None:
-    for name, (kind, help_text) in settings.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
-
-
-def flags_given(args: argparse.Namespace, settings: dict[str, tuple[type, str]]) -> dict[str, Any]:
-    return {name: getattr(args, name) for name in settings if getattr(args, name) is not None}
-
-
-def with_flags(section: Any, given: dict[str, Any], prefix: str) -> Any:
-    """The config section with the flags the user gave applied; a bad value is named by its flag."""
-    try:
-        return dataclasses.replace(section, **given)
-    except RegmixError as err:
-        name = err.where.removeprefix(prefix)
-        if name in given:
-            raise RegmixError(f"--{name.replace('_', '-')}", err.problem) from None
-        raise
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from regmix_ds.commands.fit import add_setting_flags, flags_given, with_flags
+from regmix_ds.cli import add_setting_flags, flags_given, with_flags
 from regmix_ds.errors import RegmixError
 
 ORDER = 70

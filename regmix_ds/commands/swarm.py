@@ -2,11 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-from typing import Any, Iterator
 
+from regmix_ds.cli import add_setting_flags, errors_named_by_flag, flags_given
 from regmix_ds.config import SWARM_PRESETS
-from regmix_ds.errors import RegmixError
 
 ORDER = 30
 
@@ -45,17 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "required without --config, with it must name the manifest's domains")
     parser.add_argument("--out", metavar="DIR", help="output directory (required without --config)")
     parser.add_argument("--force", action="store_true", help="replace an existing, non-empty output directory")
-    for name, (kind, help_text) in SETTINGS.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, type=kind, default=None,
-                            metavar=name.upper(), help=help_text)
+    add_setting_flags(parser, SETTINGS)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
     from regmix_ds.swarm import run_swarm
 
-    overrides = {name: getattr(args, name) for name in SETTINGS if getattr(args, name) is not None}
-    with errors_named_by_flag(overrides):
+    overrides = flags_given(args, SETTINGS)
+    with errors_named_by_flag(overrides, "swarm."):
         swarm, out_dir = run_swarm(config_path=args.config, prior_path=args.prior, out_dir=args.out,
                           overrides=overrides, force=args.force)
     print(f"{out_dir}: {len(swarm.weights)} mixtures over {len(swarm.domains)} domains ({swarm.draws} draws)")
@@ -66,14 +62,3 @@ def run(args: argparse.Namespace) -> None:
         experiment = ExperimentConfig.load(args.config)
         print("train it on Slurm:", proxies.sbatch_line(experiment, proxies.swarm_indices(experiment), throttle=64))
 
-
-@contextlib.contextmanager
-def errors_named_by_flag(flags: dict[str, Any]) -> Iterator[None]:
-    """A problem with a setting the user gave as a flag is reported under that flag's name."""
-    try:
-        yield
-    except RegmixError as err:
-        name = err.where.removeprefix("swarm.")
-        if name in flags:
-            raise RegmixError(f"--{name.replace('_', '-')}", err.problem) from None
-        raise
