@@ -83,6 +83,8 @@ def proxy_train_config(experiment: ExperimentConfig, mixture: Path, out: Path):
 def train_proxy(config) -> int:
     """Train one proxy in this process; returns the trainer's exit code (0, 2 or 75)."""
     out = Path(config.out)
+    # The trainer would also skip a finished run, but only after importing torch and DeepSpeed:
+    # resubmitting a 512-task array should cost each finished task a second, not a minute.
     if (out / RESULT).is_file():
         print(f"{out / RESULT} exists, nothing to do")
         return 0
