@@ -19,31 +19,17 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import torch
 
 from regmix_ds import model as models
 from regmix_ds.dsconfig import load_ds_config
 from regmix_ds.manifest import Manifest
 from regmix_ds.mixture import Mixture
+from regmix_ds.utilization import measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "proxy-1m"
 PORT = 29690
-
-
-def matmul_flops(size: int = 4096, repeats: int = 5) -> float:
-    """Best fp32 matmul FLOP/s on this machine with torch's default (all-core) threads."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm up the BLAS
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - start))
-    return best
 
 
 def build_corpus(work: Path, vocab_size: int) -> Path:
@@ -99,9 +85,9 @@ def main() -> None:
         mixture = work / "mixture.json"
         Mixture.from_weights(manifest.token_prior(), renormalize=True).save(mixture)
         config = models.llama_config(models.PRESETS[PRESET], manifest.vocab_size, args.seq_len)
-        params = models.parameter_counts(models.build_model(config, seed=0))
+        params = models.parameter_counts(models.build_model(config, seed=0).named_parameters())
         flops_per_token = models.training_flops_per_token(config, args.seq_len)
-        peak = matmul_flops()
+        peak = measure_matmul_peak(size=4096, repeats=5)
         print(f"{PRESET}: {params['total']:,} parameters ({params['non_embedding']:,} non-embedding), vocab "
               f"{manifest.vocab_size}; {flops_per_token / 1e6:.1f} MFLOP/token; matmul {peak / 1e9:.1f} GFLOP/s "
               f"on {cores} cores", flush=True)
@@ -118,7 +104,7 @@ def main() -> None:
             print(f"{name}: {measured['tokens_per_s']:,.0f} tokens/s "
                   f"(global batch {measured['global_batch']} x {args.seq_len})", flush=True)
         # Other work on shared cores only ever lowers a measurement: keep the best peak seen.
-        peak = max(peak, matmul_flops())
+        peak = max(peak, measure_matmul_peak(size=4096, repeats=5))
     for name, measured in report.items():
         measured["mfu"] = measured["tokens_per_s"] * flops_per_token / peak
         print(f"{name}: MFU {measured['mfu']:.1%} of {peak / 1e9:.1f} GFLOP/s", flush=True)

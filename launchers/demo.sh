@@ -8,7 +8,7 @@
 # so a second run is quick. Settings from the environment:
 #   DEMO_DIR    where everything goes              (default demo/, or the first argument)
 #   DEMO_SEED   corpus seed                        (default 0)
-#   DEMO_JOBS   proxies trained at once            (default: the number of cores)
+#   DEMO_JOBS   proxy processes at once, each a group of proxy.group_size (default: the number of cores)
 #   DEMO_PORT   rendezvous port of the target run  (default 29517)
 #   DEMO_PROXIES  swarm size                       (default: exp.yaml's, 32)
 #   DEMO_DOCS   documents per synthetic domain     (default 1000)
@@ -38,7 +38,7 @@ stage "2/9 tokenizer and token shards"
 regmix-ds prepare --config "$CONFIG" --train-tokenizer
 stage "3/9 swarm of mixtures"
 if [ -f "$WORK/swarm/swarm.csv" ]; then echo "$WORK/swarm exists"; else regmix-ds swarm --config "$CONFIG" "${SWARM_FLAGS[@]}"; fi
-stage "4/9 proxies ($JOBS at a time)"
+stage "4/9 proxies ($JOBS processes at a time)"
 regmix-ds run-swarm --config "$CONFIG" --jobs "$JOBS"
 stage "5/9 collect"
 regmix-ds collect --config "$CONFIG"

@@ -265,7 +265,11 @@ class BlendedDataset(torch.utils.data.Dataset):
         num_samples: int,
         max_epochs: float = DEFAULT_MAX_EPOCHS,
         where: str = "mixture",
+        vocab_size: int | None = None,
+        sources: Mapping[str, str] | None = None,
     ):
+        """`vocab_size`, if given, is checked against every sample read (a corrupted shard fails
+        with an error naming its `sources[domain]` file instead of deep inside the model)."""
         mixture.check_domains(streams, where)
         _check_int("seq_len", seq_len, 1)
         _check_int("seed", seed, 0, _ONE - 1)
@@ -273,6 +277,8 @@ class BlendedDataset(torch.utils.data.Dataset):
         _check_max_epochs(max_epochs)
         self.domains = tuple(sorted(streams))
         self.seq_len, self.seed, self.num_samples = seq_len, seed, num_samples
+        self.vocab_size = vocab_size
+        self._sources = [(sources or {}).get(name, f"domain {name!r}") for name in self.domains]
         self.mixture_hash = mixture.content_hash()
         weights = mixture.vector(self.domains)
         self._streams = [_checked_stream(f"domain {name!r}", streams[name], seq_len, w > 0, where)
@@ -327,6 +333,7 @@ class BlendedDataset(torch.utils.data.Dataset):
         for index in np.unique(domain).tolist():
             rows = np.flatnonzero(domain == index)
             tokens[rows] = self._streams[index][chunk[rows, None] * self.seq_len + offsets]
+            check_token_ids(tokens[rows], self.vocab_size, self._sources[index])
         return list(torch.from_numpy(tokens))
 
     def __getitem__(self, position: int) -> torch.Tensor:
@@ -397,14 +404,26 @@ class BlendedSampler(torch.utils.data.Sampler[int]):
         self.consumed_samples = int(consumed)
 
 
-def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str) -> torch.Tensor:
+def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str, vocab_size: int | None = None) -> torch.Tensor:
     """The first min(count, available) packed samples of a validation stream: [rows, seq_len+1]."""
     _check_int("seq_len", seq_len, 1)
     _check_int("count", count, 1)
     stream = _checked_stream("validation stream", stream, seq_len, True, where)
     rows = min(count, (len(stream) - 1) // seq_len)
     index = np.arange(rows)[:, None] * seq_len + np.arange(seq_len + 1)
-    return torch.from_numpy(np.asarray(stream[index], dtype=np.int64))
+    samples = np.asarray(stream[index], dtype=np.int64)
+    check_token_ids(samples, vocab_size, where)
+    return torch.from_numpy(samples)
+
+
+def check_token_ids(tokens: np.ndarray, vocab_size: int | None, where: object) -> None:
+    """Every id must index the embedding table (no check without a `vocab_size`)."""
+    if vocab_size is None or tokens.size == 0:
+        return
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise RegmixError(where, f"token id {high if high >= vocab_size else low} is outside the vocabulary "
+                                 f"[0, {vocab_size}): the shard is corrupted or from another tokenizer")
 
 
 def _checked_stream(what: str, stream: np.ndarray, seq_len: int, read: bool, where: str) -> np.ndarray:

@@ -225,9 +225,14 @@ class ProxyConfig:
     """Checkpoint every N steps (0: only when Slurm signals the time limit or a requeue)."""
     max_epochs: Optional[float] = None
     """Repetition cap per domain (unset: the sampler's default)."""
+    group_size: int = 1
+    """Proxies trained together in one process as one stacked model (`regmix_ds.group`), per Slurm
+    array task or local job; 1 trains each proxy alone under DeepSpeed."""
+    save_model: bool = False
+    """Grouped proxies also write `proxies/n<i>/hf/` (a proxy trained alone always does)."""
 
     def __post_init__(self) -> None:
-        for name in ("train_tokens", "seq_len", "eval_batches"):
+        for name in ("train_tokens", "seq_len", "eval_batches", "group_size"):
             if getattr(self, name) < 1:
                 raise RegmixError(f"proxy.{name}", "must be >= 1")
         for name in ("warmup", "save_interval", "seed"):
@@ -347,9 +352,9 @@ class ExperimentConfig:
             config = section_from_dict(cls, {**raw, "work_dir": str(work_dir)}, where)
         except RegmixError as err:
             # Sections validate themselves without knowing the file; name it for the user.
-            if err.where.startswith(where):
+            if err.where == where:
                 raise
-            raise RegmixError(f"{where}: {err.where}", err.problem) from None
+            raise RegmixError(f"{where}: {err.where.removeprefix(where + '.')}", err.problem) from None
         return dataclasses.replace(config, path=where)
 
     @property

@@ -72,7 +72,17 @@ class DeepSpeedSettings:
 
     @property
     def weight_decay(self) -> float:
-        return float(self.settings["optimizer"].get("params", {}).get("weight_decay", 0.0))
+        return float(self.optimizer_params.get("weight_decay", 0.0))
+
+    @property
+    def optimizer_params(self) -> Mapping[str, Any]:
+        """The optimizer's `params` block (lr, betas, eps, weight_decay, ...)."""
+        return self.settings["optimizer"].get("params", {})
+
+    @property
+    def gradient_clipping(self) -> float:
+        """The global gradient-norm clip DeepSpeed applies before each step (0: none)."""
+        return float(self.settings.get("gradient_clipping", 0.0))
 
     def batch_sizes(self, world_size: int) -> BatchSizes:
         return resolve_batch(self.settings, world_size, self.path)

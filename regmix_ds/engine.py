@@ -18,8 +18,10 @@ address from `hostname -I` rather than loopback).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pickle  # only for its exception type: checkpoints load with weights_only=True
 import re
 import shutil
 import socket
@@ -27,16 +29,18 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, NoReturn
+from typing import Any, Iterator, Mapping, NoReturn
 
 import torch
 
 from regmix_ds.errors import RegmixError
-from regmix_ds.files import read_json, write_json_atomic
+from regmix_ds.files import check_safe_name, read_json, write_json_atomic
 
 DEFAULT_PORT = 29500
 COMPLETE_MARKER = "complete.json"
-"""Written into a checkpoint directory after every rank's save returned: no marker, no resume."""
+"""Written into a checkpoint directory after every rank's save returned: no marker, no resume.
+It lists every file of the checkpoint with its size, so a lost or cut shard is found before
+DeepSpeed reads anything."""
 TAG_PATTERN = re.compile(r"^step(\d{8})$")
 MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
@@ -237,7 +241,7 @@ def save_checkpoint(engine: Any, root: Path, step: int, client_state: dict, is_m
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
     barrier()
     if is_main:
-        write_json_atomic(root / tag / COMPLETE_MARKER, {"step": step})
+        write_json_atomic(root / tag / COMPLETE_MARKER, {"step": step, "files": _file_sizes(root / tag)})
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
@@ -259,14 +263,95 @@ def newest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(engine: Any, directory: Path) -> dict:
-    """Restore model, optimizer and ZeRO partitions; return the client state saved with them."""
-    if not (directory / COMPLETE_MARKER).is_file():
-        raise RegmixError(directory, f"not a complete checkpoint (no {COMPLETE_MARKER})")
-    step = read_json(directory / COMPLETE_MARKER).get("step")
-    path, client_state = engine.load_checkpoint(str(directory.parent), tag=directory.name, load_lr_scheduler_states=False)
+    """Restore model, optimizer and ZeRO partitions; return the client state saved with them.
+
+    Every failure is one RegmixError naming `directory` (or the refused file): a damaged
+    checkpoint stops the run rather than letting it start over or continue from garbage.
+    """
+    step = verify_checkpoint(directory)
+    try:
+        with weights_only_loading(engine):
+            path, client_state = engine.load_checkpoint(
+                str(directory.parent), tag=directory.name, load_lr_scheduler_states=False
+            )
+    except RegmixError:
+        raise
+    except Exception as err:  # DeepSpeed's own errors are tracebacks from deep inside it
+        raise RegmixError(directory, f"DeepSpeed could not load this checkpoint ({_first_line(err)})") from None
     if path is None or client_state is None or client_state.get("step") != step:
         raise RegmixError(directory, "DeepSpeed could not load this checkpoint")
     return client_state
+
+
+def verify_checkpoint(directory: Path) -> int:
+    """The step of a complete checkpoint whose files are all there with the sizes saved."""
+    marker = directory / COMPLETE_MARKER
+    if not marker.is_file():
+        raise RegmixError(directory, f"not a complete checkpoint (no {COMPLETE_MARKER})")
+    record = read_json(marker)
+    files = record.get("files", {}) if isinstance(record, dict) else None
+    if not isinstance(files, dict) or not isinstance(record.get("step"), int):
+        raise RegmixError(marker, "not a checkpoint marker (expected an integer step and a files mapping)")
+    # Markers of older runs list no files; DeepSpeed's own failure is then the check.
+    for name, size in files.items():
+        check_safe_name(name, marker, "checkpoint file name")
+        actual = (directory / name).stat().st_size if (directory / name).is_file() else None
+        if actual != size:
+            found = "is missing" if actual is None else f"has {actual} bytes, {size} were saved"
+            raise RegmixError(
+                directory, f"damaged checkpoint: {name} {found}; delete this directory to resume from an older one"
+            )
+    return record["step"]
+
+
+def _file_sizes(directory: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in sorted(directory.iterdir()) if p.is_file() and p.name != COMPLETE_MARKER}
+
+
+def checkpoint_globals() -> list[type]:
+    """The only classes a checkpoint may construct: what DeepSpeed pickles besides tensors and
+    plain values (listed by `torch.serialization.get_unsafe_globals_in_checkpoint` on ZeRO 0-3
+    checkpoints in fp32 and bf16; DynamicLossScaler is fp16's loss scaler)."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+
+@contextlib.contextmanager
+def weights_only_loading(engine: Any) -> Iterator[None]:
+    """Make this engine read checkpoint files with `torch.load(weights_only=True)`.
+
+    DeepSpeed's TorchCheckpointEngine unpickles with weights_only=False, which runs whatever
+    code a crafted file names. For the duration, this engine's checkpoint engine loads through
+    `load_weights_only` instead (an instance attribute, removed afterwards).
+    """
+    checkpoint_engine = engine.checkpoint_engine
+    checkpoint_engine.load = load_weights_only
+    try:
+        yield
+    finally:
+        del checkpoint_engine.load
+
+
+def load_weights_only(path: str, map_location: Any = None) -> Any:
+    """`torch.load` that constructs tensors, plain values and `checkpoint_globals()` only."""
+    with torch.serialization.safe_globals(checkpoint_globals()):
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except FileNotFoundError:
+            raise RegmixError(path, "checkpoint file not found") from None
+        except pickle.UnpicklingError as err:  # weights_only met a type it may not construct
+            refused = next((line.strip() for line in str(err).splitlines() if "GLOBAL" in line), _first_line(err))
+            raise RegmixError(path, f"refused to load: not plain tensors and values ({refused})") from None
+        except Exception as err:
+            raise RegmixError(path, f"cannot read this checkpoint file ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return (f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__)[:300]
 
 
 def full_state_dict(engine: Any, is_main: bool) -> dict[str, torch.Tensor] | None:

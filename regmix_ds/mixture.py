@@ -32,7 +32,7 @@ class Mixture:
         weights = _validated(self.weights, self.source)
         total = math.fsum(weights.values())
         if abs(total - 1.0) > SUM_TOLERANCE:
-            raise RegmixError(self.source, f"weights sum to {total:.9g}, not 1 (pass renormalize to rescale)")
+            raise RegmixError(self.source, f"weights sum to {total:.9g}, not 1: scale them to sum to 1")
         object.__setattr__(self, "weights", MappingProxyType(weights))
 
     @classmethod

@@ -12,7 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -115,13 +115,13 @@ def build_model(config: LlamaConfig, seed: int) -> LlamaForCausalLM:
         return LlamaForCausalLM(config)
 
 
-def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+def parameter_counts(named_parameters: Iterable[tuple[str, torch.Tensor]]) -> dict[str, int]:
     """Total parameters, and those outside the input embedding and output projection.
 
     Count before ZeRO-3 partitions the model (afterwards each rank holds a slice).
     """
     total = embedding = 0
-    for name, param in model.named_parameters():
+    for name, param in named_parameters:
         total += param.numel()
         embedding += param.numel() if name in EMBEDDING_NAMES else 0
     return {"total": total, "non_embedding": total - embedding}

@@ -1,7 +1,9 @@
-"""The proxy stage: train swarm member i (`regmix-ds proxy`), or the whole swarm on this machine
-(`regmix-ds run-swarm`), and spell the `sbatch` line that trains it on a cluster.
+"""The proxy stage: train swarm member i or a group of members (`regmix-ds proxy`), or the whole
+swarm on this machine (`regmix-ds run-swarm`), and spell the `sbatch` line that trains it on a cluster.
 
 Proxy i trains on `swarm/n<i>.json` into `proxies/n<i>/` with the experiment's `proxy:` settings.
+With `proxy.group_size` G > 1, Slurm array task t (and each local job) trains indices t .. t+G-1
+together in one process (`regmix_ds.group`); the array steps by G (`--array=1-512:16`).
 A proxy whose `result.json` exists is done and is never trained again; an interrupted one
 resumes from its newest complete checkpoint (`train.py --resume auto`), so every entry point
 here is safe to re-run. A proxy that ends in an error leaves `failed.json` (its exit code) for
@@ -15,6 +17,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 from tqdm import tqdm
 
@@ -90,18 +93,79 @@ def train_proxy(config) -> int:
         return 0
     from regmix_ds import engine, trainer
 
-    marker = out / FAILED_MARKER
-    marker.unlink(missing_ok=True)
+    return marking_failures([out], lambda: trainer.train(config, engine.discover_launch()))
+
+
+def train_group(experiment: ExperimentConfig, indices: list[int]) -> int:
+    """Train swarm members `indices` as one group in this process; returns 0, 2 or 75 as `train_proxy`."""
+    configs = [train_config(experiment, i) for i in indices]
+    todo = [config for config in configs if not (Path(config.out) / RESULT).is_file()]
+    if not todo:
+        print(f"proxies {format_ranges(indices)}: every result.json exists, nothing to do")
+        return 0
+    from regmix_ds import group
+
+    save_model = experiment.require_proxy().save_model
+    return marking_failures([Path(c.out) for c in todo], lambda: group.train_group(todo, save_model))
+
+
+def marking_failures(outs: list[Path], train: Callable[[], int]) -> int:
+    """Run `train`; if it crashes or ends in an error, leave `failed.json` in each run directory for `collect`."""
+    from regmix_ds.trainer import EXIT_REQUEUE
+
+    markers = [out / FAILED_MARKER for out in outs]
+    for marker in markers:
+        marker.unlink(missing_ok=True)
     try:
-        code = trainer.train(config, engine.discover_launch())
+        code = train()
     except RegmixError:
         raise
     except BaseException as err:
-        write_json_atomic(marker, {"error": f"{type(err).__name__}: {err}"})
+        for marker in markers:
+            write_json_atomic(marker, {"error": f"{type(err).__name__}: {err}"})
         raise
-    if code not in (0, trainer.EXIT_REQUEUE):
-        write_json_atomic(marker, {"exit_code": code})
+    if code not in (0, EXIT_REQUEUE):
+        for marker in markers:
+            write_json_atomic(marker, {"exit_code": code})
     return code
+
+
+def group_size(experiment: ExperimentConfig) -> int:
+    """Proxies per array task / local job (1 without a `proxy:` section, which fails later anyway)."""
+    return experiment.proxy.group_size if experiment.proxy is not None else 1
+
+
+def task_indices(experiment: ExperimentConfig, task: int) -> list[int]:
+    """The swarm indices array task `task` trains: `task` itself, or the group of G starting there."""
+    size = group_size(experiment)
+    indices = [i for i in swarm_indices(experiment) if task <= i < task + size]
+    if not indices or task not in groups(experiment, indices):
+        raise RegmixError("--task", f"{task} is not the first index of a group of {size} in the swarm "
+                                    f"(tasks: {array_spec(experiment, swarm_indices(experiment))})")
+    return indices
+
+
+def groups(experiment: ExperimentConfig, indices: list[int]) -> dict[int, list[int]]:
+    """`indices` split as the array tasks train them: {task (first index of its group): members}.
+
+    Groups are aligned to the swarm's first index, so a task always trains the same members.
+    """
+    size, base = group_size(experiment), min(swarm_indices(experiment))
+    grouped: dict[int, list[int]] = {}
+    for i in sorted(indices):
+        grouped.setdefault(base + (i - base) // size * size, []).append(i)
+    return grouped
+
+
+def array_spec(experiment: ExperimentConfig, indices: list[int]) -> str:
+    """Slurm's --array value for the tasks that train `indices`: '1-3,7', or '1-497:16' with groups."""
+    size = group_size(experiment)
+    if size == 1:
+        return format_ranges(indices)
+    starts = sorted(groups(experiment, indices))
+    if len(starts) > 1 and starts == list(range(starts[0], starts[-1] + 1, size)):
+        return f"{starts[0]}-{starts[-1]}:{size}"
+    return ",".join(map(str, starts))
 
 
 def run_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: int) -> list[int]:
@@ -119,24 +183,33 @@ def run_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: int
     if unknown:
         raise RegmixError("--indices", f"not in the swarm: {format_ranges(unknown)}")
     todo = [i for i in wanted if not is_done(experiment, i)]
-    print(f"run-swarm: {len(wanted) - len(todo)} of {len(wanted)} proxies already done; training {len(todo)}, {jobs} at a time")
-    runs = {i: (proxy_dir(experiment, i), ["--index", str(i)]) for i in todo}
-    return sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
+    size = group_size(experiment)
+    unit = "proxies" if size == 1 else f"groups of up to {size} proxies"
+    print(f"run-swarm: {len(wanted) - len(todo)} of {len(wanted)} proxies already done; training {len(todo)}, "
+          f"{jobs} {unit} at a time")
+    if size == 1:
+        runs = {i: (proxy_dir(experiment, i) / "proxy.log", ["--index", str(i)]) for i in todo}
+        return sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
+    grouped = groups(experiment, todo)
+    runs = {start: (experiment.proxies_dir / f"group-{start}.log", ["--indices", format_ranges(members)])
+            for start, members in grouped.items()}
+    failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
+    return sorted(i for start in failed_groups for i in grouped[start] if not is_done(experiment, i))
 
 
 def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, label: str) -> list:
-    """Run `regmix-ds proxy --config EXP <args>` for each `key: (out_dir, args)` of `runs`, `jobs`
-    at a time with the cores shared out; returns the keys that failed. Each proxy is its own
-    world of one rank (on a free port), with its output in `<out_dir>/proxy.log`."""
+    """Run `regmix-ds proxy --config EXP <args>` for each `key: (log_path, args)` of `runs`, `jobs`
+    at a time with the cores shared out; returns the keys that failed. Each process is its own
+    world of one rank (on a free port), with its output appended to `log_path`."""
     threads = max(1, (os.cpu_count() or 1) // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     for name in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(name, None)
 
-    def run(out: Path, args: list[str]) -> int:
-        out.mkdir(parents=True, exist_ok=True)
+    def run(log_path: Path, args: list[str]) -> int:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
         command = [sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", experiment.path, *args]
-        with open(out / "proxy.log", "ab") as log:
+        with open(log_path, "ab") as log:
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
     failed = []
@@ -146,14 +219,14 @@ def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, lab
             if future.result() != 0:
                 key = futures[future]
                 failed.append(key)
-                bar.write(f"{label} {key} failed; see {runs[key][0] / 'proxy.log'}")
+                bar.write(f"{label} {key} failed; see {runs[key][0]}")
             bar.update()
     return failed
 
 
 def sbatch_line(experiment: ExperimentConfig, indices: list[int], throttle: int) -> str:
-    """The command that trains `indices` as one Slurm job array, at most `throttle` at once."""
-    return f"sbatch --array={format_ranges(indices)}%{throttle} {PROXY_SCRIPT} {experiment.path}"
+    """The command that trains `indices` as one Slurm job array, at most `throttle` tasks at once."""
+    return f"sbatch --array={array_spec(experiment, indices)}%{throttle} {PROXY_SCRIPT} {experiment.path}"
 
 
 def format_ranges(indices: list[int]) -> str:

@@ -76,7 +76,8 @@ DEFAULT_TARGET = {"news": 0.6, "code": 0.3, "chat": 0.1}
 # corpus, and a simulation sized to the few runs a laptop can afford.
 DEMO_SECTIONS = {
     "swarm": {"n": 32, "seed": 0},
-    "proxy": {"preset": "demo", "seq_len": 128, "train_tokens": 65536, "warmup": 10, "lr": 0.003, "eval_batches": 8},
+    "proxy": {"preset": "demo", "seq_len": 128, "train_tokens": 65536, "warmup": 10, "lr": 0.003, "eval_batches": 8,
+              "group_size": 16},
     "fit": {"target": TARGET_NAME, "folds": 4, "min_data_in_leaf": 4},
     "simulate": {"candidates": 200000, "bootstrap": 10, "top_k": 32},
 }

@@ -41,6 +41,7 @@ from regmix_ds.files import write_json_atomic, write_text_atomic
 from regmix_ds.indexed import IndexedDataset
 from regmix_ds.manifest import Manifest
 from regmix_ds.mixture import Mixture
+from regmix_ds.utilization import PRECISIONS, Utilization, measure_matmul_peak
 
 EXIT_REQUEUE = 75
 """EX_TEMPFAIL from sysexits.h: the run saved a checkpoint on a signal and wants to be requeued."""
@@ -219,10 +220,17 @@ class Reporter:
         """Keep metrics up to `step`: lines a killed run wrote after its last checkpoint go."""
         if not self.is_main:
             return
-        kept = []
-        if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.exists() else []
+        kept = [line for line in lines if (entry := parse_metrics_line(line)) is not None and entry["step"] <= step]
         write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
+
+
+def parse_metrics_line(line: str) -> dict | None:
+    """A metrics.jsonl entry, or None for the torn last line a machine crash mid-append leaves."""
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
 
 
 # ---- data -----------------------------------------------------------------------------------
@@ -231,19 +239,26 @@ class Reporter:
 def training_data(plan: RunPlan, rank: int) -> tuple[BlendedDataset, BlendedSampler]:
     """The blended training stream, long enough for every step (repetition cap checked now)."""
     streams = {name: IndexedDataset(split.prefix).tokens for name, split in plan.manifest.train.items()}
+    shards = {name: f"{split.prefix}.bin" for name, split in plan.manifest.train.items()}
     extra = {} if plan.config.max_epochs is None else {"max_epochs": plan.config.max_epochs}
     dataset = BlendedDataset(
         streams, plan.mixture, plan.config.seq_len, plan.config.seed, plan.steps * plan.batch.global_batch,
-        where="--train-tokens", **extra,
+        where="--train-tokens", vocab_size=plan.manifest.vocab_size, sources=shards, **extra,
     )
     return dataset, BlendedSampler(dataset, plan.batch.micro, plan.batch.world, rank)
+
+
+def batch_loader(dataset: BlendedDataset, sampler: BlendedSampler, micro: int) -> Iterator[torch.Tensor]:
+    """The sampler's micro-batches of packed samples [micro, seq_len + 1], in order."""
+    return iter(torch.utils.data.DataLoader(dataset, batch_size=micro, sampler=sampler))
 
 
 def validation_sets(plan: RunPlan) -> dict[str, torch.Tensor]:
     """The first eval_batches x micro samples (fewer if short) of every domain's and target's validation stream."""
     count, seq_len = plan.config.eval_batches * plan.batch.micro, plan.config.seq_len
     return {
-        name: fixed_samples(IndexedDataset(split.prefix).tokens, seq_len, count, f"{plan.config.manifest}: {name} valid")
+        name: fixed_samples(IndexedDataset(split.prefix).tokens, seq_len, count, f"{split.prefix}.bin",
+                            plan.manifest.vocab_size)
         for name, split in plan.manifest.valid.items()
     }
 
@@ -357,6 +372,7 @@ class Session:
     reporter: Reporter
     stop: StopRequest
     progress: Progress
+    utilization: Utilization
     segment_start: float = 0.0
 
     def evaluate(self) -> dict[str, float]:
@@ -404,8 +420,9 @@ def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
         plan.shape, plan.manifest.vocab_size, config.seq_len, plan.manifest.tokenizer.get("eos_token_id")
     )
     model = models.build_model(hf_config, config.seed)
-    params = models.parameter_counts(model)
+    params = models.parameter_counts(model.named_parameters())
     stop = StopRequest()
+    utilization = measure_utilization(plan, hf_config, dist_env.world_size)
 
     engine.init_distributed(dist_env)
     settings = plan.deepspeed.for_world(dist_env.world_size, plan.peak_lr)
@@ -425,7 +442,7 @@ def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
         f"({params['non_embedding']:,} without embeddings); {plan.steps} steps of {plan.tokens_per_step:,} tokens; "
         f"ZeRO {plan.deepspeed.zero_stage}, {dist_env.world_size} rank(s) via {dist_env.launcher}"
     )
-    session = Session(plan, dist_env, ds_engine, sampler, valid_sets, reporter, stop, progress)
+    session = Session(plan, dist_env, ds_engine, sampler, valid_sets, reporter, stop, progress, utilization)
     if not run_steps(session, dataset):
         return EXIT_REQUEUE
     finish(session, hf_config, params)
@@ -433,10 +450,21 @@ def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
     return 0
 
 
+def measure_utilization(plan: RunPlan, hf_config: Any, world_size: int) -> Utilization:
+    """Model FLOPs per token, and the matmul peak of this rank's device times the ranks.
+
+    Every rank probes at the same moment, so ranks sharing a machine's cores see the same
+    contention they will see in training.
+    """
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    peak = measure_matmul_peak(device, PRECISIONS[plan.deepspeed.precision])
+    return Utilization(models.training_flops_per_token(hf_config, plan.config.seq_len), peak * world_size)
+
+
 def run_steps(session: Session, dataset: BlendedDataset) -> bool:
     """Train up to the last step; False if a stop signal ended it early (after a checkpoint)."""
     plan, progress = session.plan, session.progress
-    loader = iter(torch.utils.data.DataLoader(dataset, batch_size=plan.batch.micro, sampler=session.sampler))
+    loader = batch_loader(dataset, session.sampler, plan.batch.micro)
     session.segment_start = time.monotonic() - progress.wall_seconds
     while progress.step < plan.steps:
         tick = time.monotonic()
@@ -448,7 +476,10 @@ def run_steps(session: Session, dataset: BlendedDataset) -> bool:
         seconds = time.monotonic() - tick
         progress.train_seconds += seconds
         session.clock()
-        log_step(session.reporter, plan, progress, loss_sum / session.dist.world_size, lr, grad_norm, seconds)
+        entry = step_entry(plan, progress, loss_sum / session.dist.world_size, lr, grad_norm, seconds, session.utilization)
+        session.reporter.record(entry)
+        if every(plan.config.log_interval, progress.step) or progress.step == plan.steps:
+            session.reporter.say(step_line(entry, plan))
         if every(plan.config.eval_interval, progress.step) and progress.step < plan.steps:
             session.evaluate()
         if stop_votes > 0 or every(plan.config.save_interval, progress.step):
@@ -464,19 +495,23 @@ def every(interval: int, step: int) -> bool:
     return interval > 0 and step % interval == 0
 
 
-def log_step(reporter: Reporter, plan: RunPlan, progress: Progress, loss: float, lr: float,
-             grad_norm: float | None, seconds: float) -> None:
+def step_entry(plan: RunPlan, progress: Progress, loss: float, lr: float, grad_norm: float | None,
+               seconds: float, utilization: Utilization) -> dict:
+    """The metrics.jsonl line of the step just taken (`seconds` long)."""
     tokens_per_s = plan.tokens_per_step / seconds
-    reporter.record({
+    return {
         "step": progress.step, "loss": loss, "lr": lr, "grad_norm": grad_norm,
         "tokens": progress.step * plan.tokens_per_step, "tokens_per_s": tokens_per_s,
-    })
-    if every(plan.config.log_interval, progress.step) or progress.step == plan.steps:
-        grad = "-" if grad_norm is None else f"{grad_norm:.3f}"
-        reporter.say(
-            f"step {progress.step}/{plan.steps} | loss {loss:.4f} | lr {lr:.2e} | grad {grad} | "
-            f"{tokens_per_s:,.0f} tok/s | {progress.step * plan.tokens_per_step:,} tokens"
-        )
+        "mfu": utilization.mfu(tokens_per_s),
+    }
+
+
+def step_line(entry: Mapping[str, Any], plan: RunPlan) -> str:
+    grad = "-" if entry["grad_norm"] is None else f"{entry['grad_norm']:.3f}"
+    return (
+        f"step {entry['step']}/{plan.steps} | loss {entry['loss']:.4f} | lr {entry['lr']:.2e} | grad {grad} | "
+        f"{entry['tokens_per_s']:,.0f} tok/s | MFU {entry['mfu']:.1%} | {entry['tokens']:,} tokens"
+    )
 
 
 def finish(session: Session, hf_config: Any, params: Mapping[str, int]) -> None:
@@ -486,13 +521,15 @@ def finish(session: Session, hf_config: Any, params: Mapping[str, int]) -> None:
     session.clock()
     if session.dist.is_main:
         models.save_hf_model(hf_config, state, session.plan.manifest.tokenizer_path, session.plan.out / "hf")
-        record = result_record(session.plan, valid_loss, session.progress, params)
+        record = result_record(session.plan, valid_loss, session.progress, params, session.utilization)
         write_json_atomic(session.plan.out / "result.json", record)
     engine.barrier()
 
 
-def result_record(plan: RunPlan, valid_loss: Mapping[str, float], progress: Progress, params: Mapping[str, int]) -> dict:
+def result_record(plan: RunPlan, valid_loss: Mapping[str, float], progress: Progress, params: Mapping[str, int],
+                  utilization: Utilization) -> dict:
     tokens = progress.step * plan.tokens_per_step
+    tokens_per_s = tokens / progress.train_seconds
     return {
         "mixture": dict(plan.mixture.weights),
         "mixture_hash": plan.mixture.content_hash(),
@@ -500,7 +537,9 @@ def result_record(plan: RunPlan, valid_loss: Mapping[str, float], progress: Prog
         "tokens": tokens,
         "steps": progress.step,
         "wall_seconds": progress.wall_seconds,
-        "tokens_per_s": tokens / progress.train_seconds,
+        "tokens_per_s": tokens_per_s,
+        "mfu": utilization.mfu(tokens_per_s),
+        "matmul_peak_flops_per_s": utilization.peak_flops_per_s,
         "seed": plan.config.seed,
         "preset": plan.config.preset,
         "model": dataclasses.asdict(plan.shape),

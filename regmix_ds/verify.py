@@ -54,7 +54,7 @@ def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None =
         run = runs_dir / f"{name}-{mixture.content_hash()}"
         mixture.save(run.with_suffix(".json"))
         runs[name] = (run, ["--mixture", str(run.with_suffix(".json")), "--out", str(run)])
-    todo = {name: spec for name, spec in runs.items() if not (spec[0] / RESULT).is_file()}
+    todo = {name: (run / "proxy.log", args) for name, (run, args) in runs.items() if not (run / RESULT).is_file()}
     failed = run_proxy_processes(experiment, todo, jobs, "verify")
     if failed:
         raise RegmixError(runs_dir, f"verification run(s) failed: {', '.join(failed)}; see their proxy.log")

@@ -2,7 +2,9 @@
 # Usage: sbatch [--array=1-512%64] [sbatch options] slurm/proxies.sh EXP.yaml
 #
 # One RegMix proxy per array task: task i trains swarm/n<i>.json into proxies/n<i>/ of EXP.yaml's
-# work_dir (`regmix-ds swarm --config` and `regmix-ds collect` print the exact line to submit).
+# work_dir. With `proxy.group_size: G` in EXP.yaml, task i trains swarm members i..i+G-1 as one
+# group in one process, and the array steps by G: `--array=1-512:16%8` for G = 16.
+# `regmix-ds swarm --config` and `regmix-ds collect` print the exact line to submit.
 # Safe to submit again: a task whose result.json exists exits at once. Some minutes before the
 # time limit Slurm sends USR1 (--signal below); the proxy checkpoints, exits 75, and the task
 # requeues itself to resume from that checkpoint. `scontrol requeue` works the same way.
@@ -27,9 +29,9 @@ if [ -n "${REGMIX_VENV:-}" ]; then source "$REGMIX_VENV/bin/activate"; fi
 REGMIX_DS=${REGMIX_DS:-regmix-ds}
 EXIT_REQUEUE=75
 
-echo "proxy $INDEX of $CONFIG: job ${SLURM_ARRAY_JOB_ID}_${INDEX} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
+echo "proxy task $INDEX of $CONFIG: job ${SLURM_ARRAY_JOB_ID}_${INDEX} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
 # The proxy runs in the background so this shell can pass Slurm's signals on to it.
-$REGMIX_DS proxy --config "$CONFIG" --index "$INDEX" &
+$REGMIX_DS proxy --config "$CONFIG" --task "$INDEX" &
 child=$!
 trap 'kill -USR1 "$child" 2>/dev/null || true' USR1 TERM
 status=0

@@ -319,3 +319,15 @@ def test_deepspeed_dataloader_takes_the_sampler():
     assert len(loader) == 8
     batches = list(loader)
     assert all(torch.equal(a, b) for a, b in zip(batches, rank_batches(ds, 4, 2, 1), strict=True))
+
+
+def test_token_ids_outside_the_vocabulary_name_their_shard():
+    good, bad = np.arange(41, dtype=np.int32), np.arange(41, dtype=np.int32)
+    bad[5] = 999
+    streams, mixture = {"code": good, "web": bad}, Mixture.from_weights({"code": 0.5, "web": 0.5})
+    data = BlendedDataset(streams, mixture, SEQ, 0, 10, vocab_size=500, sources={"web": "data/web_train.bin"})
+    with pytest.raises(RegmixError, match=r"^data/web_train\.bin: token id 999 is outside the vocabulary \[0, 500\)"):
+        data.__getitems__(list(range(10)))
+    assert len(BlendedDataset(streams, mixture, SEQ, 0, 10, vocab_size=1000).__getitems__(list(range(10)))) == 10
+    with pytest.raises(RegmixError, match=r"^valid/x: token id 999 is outside"):
+        fixed_samples(bad, SEQ, 3, "valid/x", vocab_size=500)

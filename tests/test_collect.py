@@ -1,11 +1,17 @@
 import csv
 import json
+import subprocess
+import sys
+import time
 
+import numpy as np
 import pytest
 
-from regmix_ds.collect import collect
+from regmix_ds.collect import STATUSES, collect
 from regmix_ds.config import ExperimentConfig
 from regmix_ds.errors import RegmixError
+from regmix_ds.files import write_json_atomic
+from regmix_ds.manifest import Manifest
 from regmix_ds.mixture import Mixture
 from regmix_ds.proxies import proxy_dir
 
@@ -75,3 +81,116 @@ def test_a_bad_result_file_is_an_error_naming_it_and_nothing_is_written(swarm_in
         collect(experiment)
     assert str(info.value).startswith(str(path))
     assert not experiment.results_path.exists()
+
+
+# ---- concurrency and SIGKILL: results.csv is always whole ----------------------------------------
+
+COLLECTOR = """
+import sys
+from regmix_ds.collect import collect
+from regmix_ds.config import ExperimentConfig
+experiment = ExperimentConfig.load(sys.argv[1])
+print("ready", flush=True)
+while True:
+    collect(experiment)
+"""
+
+FINISHER = """
+import json, sys, time
+from pathlib import Path
+from regmix_ds.files import write_json_atomic
+out, delay, record = Path(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
+out.mkdir(parents=True)
+(out / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\\n')
+time.sleep(delay)
+write_json_atomic(out / "result.json", record)
+"""
+
+
+def fake_result(experiment: ExperimentConfig, index: int) -> dict:
+    """A result.json in the shape `trainer.result_record` writes, with made-up numbers."""
+    mixture = Mixture.load(experiment.swarm_dir / f"n{index}.json")
+    names = list(Manifest.load(experiment.manifest_path).valid)
+    return {
+        "mixture": dict(mixture.weights), "mixture_hash": mixture.content_hash(),
+        "valid_loss": {name: 3.0 + index / 10 + k / 100 for k, name in enumerate(names)},
+        "tokens": 512, "steps": 8, "wall_seconds": 2.5, "tokens_per_s": 900.0, "seed": 0, "preset": "tiny",
+        "seq_len": 32, "global_batch": 2, "world_size": 1, "zero_stage": 0,
+    }
+
+
+def start_collector(experiment: ExperimentConfig) -> subprocess.Popen:
+    child = subprocess.Popen([sys.executable, "-c", COLLECTOR, experiment.path], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def whole_table(path, indices: list[int]) -> int:
+    """Check results.csv parses with one whole row per swarm member; return how many are done."""
+    with open(path, newline="") as handle:
+        header, *rows = list(csv.reader(handle))
+    assert header[:2] == ["index", "status"] and header[-2:] == ["tokens", "wall_seconds"]
+    assert [int(row[0]) for row in rows] == indices
+    done = 0
+    for row in rows:
+        assert len(row) == len(header), f"torn row {row}"
+        assert row[1] in STATUSES
+        losses = [cell for name, cell in zip(header, row) if name.startswith("loss:")]
+        if row[1] == "done":
+            done += 1
+            assert all(float(cell) > 0 for cell in losses) and int(row[-2]) > 0
+        else:
+            assert losses == [""] * len(losses)
+    return done
+
+
+def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment):
+    experiment = ExperimentConfig.load(tiny_experiment(n=8))
+    indices = list(range(1, 9))
+    delays = np.random.default_rng(3).uniform(0.5, 4.0, size=8)
+    collector = start_collector(experiment)
+    finishers = [
+        subprocess.Popen([sys.executable, "-c", FINISHER, str(proxy_dir(experiment, i)), str(delay),
+                          json.dumps(fake_result(experiment, i))])
+        for i, delay in zip(indices, delays)
+    ]
+    seen, done = 0, 0
+    try:
+        while done < 8 or any(f.poll() is None for f in finishers):
+            if experiment.results_path.exists():
+                now = whole_table(experiment.results_path, indices)
+                assert now >= done, "a done row disappeared"
+                seen, done = seen + 1, now
+            time.sleep(0.002)
+    finally:
+        collector.kill()
+        collector.wait()
+    assert [f.wait() for f in finishers] == [0] * 8
+    assert done == 8 and seen > 8
+    rows = read_rows(experiment.results_path)
+    for row in rows:
+        loss = fake_result(experiment, int(row["index"]))["valid_loss"]
+        assert {k[5:]: float(v) for k, v in row.items() if k.startswith("loss:")} == loss
+    print(f"8 proxies finished during {seen} reads of results.csv; rows lost or torn: 0")
+
+
+def test_sigkilled_collect_leaves_the_old_or_the_new_results_csv(tiny_experiment):
+    experiment = ExperimentConfig.load(tiny_experiment(n=8))
+    indices = list(range(1, 9))
+    for i in indices[:5]:
+        proxy_dir(experiment, i).mkdir(parents=True)
+        write_json_atomic(proxy_dir(experiment, i) / "result.json", fake_result(experiment, i))
+    rng = np.random.default_rng(4)
+    kills, torn_writes = 25, 0
+    for _ in range(kills):
+        child = start_collector(experiment)
+        time.sleep(float(rng.uniform(0.0, 0.3)))
+        child.kill()
+        child.wait()
+        assert whole_table(experiment.results_path, indices) == 5
+        leftovers = [p for p in experiment.root.iterdir() if p.name.startswith(".results.csv.")]
+        assert all(p.suffix == ".tmp" for p in leftovers)
+        torn_writes += len(leftovers)
+        for p in leftovers:
+            p.unlink()
+    print(f"{kills} SIGKILLs of collect, {torn_writes} inside a write of results.csv; torn tables seen: 0")

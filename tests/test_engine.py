@@ -84,6 +84,30 @@ def test_only_complete_checkpoints_are_resumed(tmp_path):
     assert [p.name for p in engine.complete_checkpoints(tmp_path)] == ["step00000002", "step00000004"]
 
 
+
+@pytest.mark.parametrize("marker, problem", [
+    ('{"step": 2, "files": {"model.pt": 3}}', None),
+    ('{"step": 2}', None),  # a marker written before file lists existed
+    ('{"step": 2, "files": {"model.pt": 4}}', "damaged checkpoint: model.pt has 3 bytes, 4 were saved"),
+    ('{"step": 2, "files": {"model.pt": 3, "optim.pt": 9}}', "damaged checkpoint: optim.pt is missing"),
+    ('{"step": 2, "files": {"../model.pt": 3}}', "invalid checkpoint file name '../model.pt'"),
+    ('{"step": 2, "files": ["model.pt"]}', "not a checkpoint marker"),
+    ('{"step": "2"}', "not a checkpoint marker"),
+    ('{"step": 2', "not valid JSON"),
+])
+def test_checkpoint_files_are_verified_against_the_marker(tmp_path, marker, problem):
+    directory = tmp_path / engine.checkpoint_tag(2)
+    directory.mkdir()
+    (directory / "model.pt").write_bytes(b"abc")
+    (directory / engine.COMPLETE_MARKER).write_text(marker)
+    if problem is None:
+        assert engine.verify_checkpoint(directory) == 2
+        return
+    with pytest.raises(RegmixError, match=problem) as caught:
+        engine.verify_checkpoint(directory)
+    assert caught.value.where in (str(directory), str(directory / engine.COMPLETE_MARKER))
+
+
 ENGINE_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
@@ -147,3 +171,87 @@ def test_real_engine_every_zero_stage_saves_resumes_and_gathers(tmp_path):
             assert loss == pytest.approx(ref_loss, abs=1e-5) and norm == pytest.approx(ref_norm, rel=1e-4)
     leftovers = [p for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{ENGINE_PORT}_*")]
     assert leftovers == [], "shutdown must remove this rank's shared-memory buffer"
+
+
+DAMAGE_PORT = 29663
+DAMAGE_SCRIPT = textwrap.dedent(
+    """
+    import json, os, shutil, sys, torch
+    from pathlib import Path
+    from regmix_ds import engine, model as models
+    from regmix_ds.dsconfig import load_ds_config
+    from regmix_ds.errors import RegmixError
+
+    out = Path(sys.argv[1])
+    engine.init_distributed(engine.discover_launch())
+    config = models.llama_config(models.PRESETS["tiny"], 64, 8)
+
+    class RunsAShellCommand:
+        def __reduce__(self):
+            return (os.system, (f"touch {out / 'pwned'}",))
+
+    def outcome(ds_engine, directory):
+        try:
+            return {"loaded": engine.load_checkpoint(ds_engine, directory)["step"]}
+        except RegmixError as err:
+            return {"error": str(err)}
+
+    def damaged(ds_engine, directory, name, damage, old_marker=False):
+        marker = directory / engine.COMPLETE_MARKER
+        saved_marker, saved_file = marker.read_text(), (directory / name).read_bytes()
+        if old_marker:  # a marker without the file list: DeepSpeed itself meets the damage
+            marker.write_text(json.dumps({"step": 1}))
+        damage(directory / name)
+        found = outcome(ds_engine, directory)
+        marker.write_text(saved_marker)
+        (directory / name).write_bytes(saved_file)
+        return found
+
+    def pickled_object(path):
+        torch.save({"module": RunsAShellCommand()}, path)
+        marker = path.parent / engine.COMPLETE_MARKER  # sizes agree: only the content is wrong
+        record = json.loads(marker.read_text())
+        record["files"][path.name] = path.stat().st_size
+        marker.write_text(json.dumps(record))
+
+    report = {}
+    for stage in (0, 3):
+        settings = load_ds_config(f"ds_configs/zero{stage}.json")
+        model = models.build_model(config, seed=0)
+        ds_engine = engine.initialize(model, models.weight_decay_groups(model, 0.1), settings.for_world(1))
+        directory = engine.save_checkpoint(ds_engine, out / f"zero{stage}", 1, {"step": 1}, True, keep=1)
+        found = {"intact": outcome(ds_engine, directory)}
+        for name in sorted(p.name for p in directory.glob("*.pt")):
+            found[f"missing {name}"] = damaged(ds_engine, directory, name, os.unlink)
+            found[f"truncated {name}"] = damaged(ds_engine, directory, name, lambda p: os.truncate(p, p.stat().st_size // 2))
+            found[f"missing, old marker {name}"] = damaged(ds_engine, directory, name, os.unlink, old_marker=True)
+            found[f"pickled object {name}"] = damaged(ds_engine, directory, name, pickled_object)
+        found["intact again"] = outcome(ds_engine, directory)
+        report[stage] = {"directory": str(directory), "outcomes": found}
+    (out / "report.json").write_text(json.dumps(report))
+    engine.shutdown(0)
+    """
+)
+
+
+def test_damaged_checkpoint_is_a_one_line_error_and_pickled_code_never_runs(tmp_path):
+    env = {**os.environ, "MASTER_PORT": str(DAMAGE_PORT)}
+    done = subprocess.run([sys.executable, "-c", DAMAGE_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    expected = {"missing": "is missing", "truncated": "bytes,", "missing, old marker": "",
+                "pickled object": "refused to load: not plain tensors and values"}
+    for stage, found in report.items():
+        outcomes, directory = found["outcomes"], found["directory"]
+        assert outcomes.pop("intact") == outcomes.pop("intact again") == {"loaded": 1}
+        shards = {case.rsplit(" ", 1)[1] for case in outcomes}
+        assert len(outcomes) == 4 * len(shards) and len(shards) == (1 if stage == "0" else 2)
+        for case, outcome in outcomes.items():
+            kind, shard = case.rsplit(" ", 1)
+            error = outcome.get("error", "")
+            assert error.startswith(directory) and expected[kind] in error, f"ZeRO {stage}, {case}: {outcome}"
+            assert "\n" not in error
+            if kind == "pickled object":
+                assert error.startswith(f"{directory}/{shard}: ") and "posix.system" in error
+    assert not (tmp_path / "pwned").exists(), "a pickled object in a checkpoint ran its code"

@@ -1,5 +1,7 @@
 """Megatron-core indexed files: read files built byte by byte from the format, write the same bytes."""
+import shutil
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -7,6 +9,7 @@ import pytest
 from regmix_ds.errors import RegmixError
 from regmix_ds.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, write_indexed
 
+ROOT = Path(__file__).resolve().parents[1]
 DOCS = [[5, 6, 7, 0], [9, 0], [1, 2, 3, 4, 65000, 0]]
 
 
@@ -139,6 +142,8 @@ BAD_FILES = {
     "pointer off": (".idx", idx_field(34 + 3 * 4 + 8, "<q", 10), "pointers do not follow"),
     "document indices end early": (".idx", idx_field(34 + 3 * 12 + 3 * 8, "<q", 2), "document indices run 0..2"),
     "negative length": (".idx", idx_field(34, "<i", -4), "negative sequence length"),
+    "document count lies": (".idx", idx_field(26, "<Q", 9), "truncated index"),
+    "first length corrupt": (".idx", idx_field(34, "<i", 5), "pointers do not follow"),
     "truncated bin": (".bin", lambda raw: raw[:-2], "truncated"),
     "bin too long": (".bin", lambda raw: raw + b"\x00\x00", "longer than its index says"),
 }
@@ -161,3 +166,25 @@ def test_missing_file_is_named(megatron_uint16, missing):
     with pytest.raises(RegmixError, match="not found") as err:
         IndexedDataset(megatron_uint16)
     assert err.value.where == str(path)
+
+
+@pytest.mark.parametrize("case", ["truncated bin", "truncated idx", "wrong magic", "first length corrupt"])
+def test_a_damaged_shard_stops_training_before_it_starts(tiny_manifest, tmp_path, capsys, case):
+    """Through a real start of train.py: exit 2 and one line naming the shard, before any output exists."""
+    from regmix_ds import trainer
+    from regmix_ds.manifest import Manifest
+    from regmix_ds.mixture import Mixture
+
+    data = Path(shutil.copytree(tiny_manifest.parent, tmp_path / "data"))
+    manifest = Manifest.load(data / "manifest.json")
+    suffix, edit, problem = BAD_FILES[case]
+    path = corrupt(manifest.train["code"].prefix, suffix, edit)
+    mixture = tmp_path / "mixture.json"
+    Mixture.from_weights(manifest.token_prior(), renormalize=True).save(mixture)
+    out = tmp_path / "run"
+    code = trainer.main(["--manifest", str(manifest.path), "--mixture", str(mixture), "--deepspeed_config",
+                         str(ROOT / "ds_configs" / "zero0.json"), "--preset", "tiny", "--seq-len", "32",
+                         "--steps", "4", "--out", str(out)])
+    error = capsys.readouterr().err.strip()
+    assert code == 2 and error.startswith(f"train.py: error: {path}: ") and problem in error
+    assert "\n" not in error and not out.exists()

@@ -27,7 +27,7 @@ def test_presets_have_the_issue_shapes_and_vocab_from_the_caller():
 
 def test_parameter_counts_match_the_llama_formula():
     shape = models.PRESETS["proxy-1m"]
-    counts = models.parameter_counts(models.build_model(models.llama_config(shape, 512, 64), seed=0))
+    counts = models.parameter_counts(models.build_model(models.llama_config(shape, 512, 64), seed=0).named_parameters())
     h, f, layers, vocab = shape.hidden, shape.ffn, shape.layers, 512
     per_layer = 4 * h * h + 3 * h * f + 2 * h  # attention, SwiGLU, two RMSNorm gains
     assert counts["non_embedding"] == layers * per_layer + h  # + the final norm
@@ -71,7 +71,7 @@ def test_flops_per_token_grows_with_sequence_and_counts_six_per_matmul_parameter
     config = tiny_config()
     short, long = models.training_flops_per_token(config, 10), models.training_flops_per_token(config, 20)
     assert long - short == 12 * config.num_hidden_layers * config.hidden_size * 10
-    counts = models.parameter_counts(models.build_model(config, 0))
+    counts = models.parameter_counts(models.build_model(config, 0).named_parameters())
     norms = config.num_hidden_layers * 2 * config.hidden_size + config.hidden_size
     matmul = counts["total"] - config.vocab_size * config.hidden_size - norms
     assert models.training_flops_per_token(config, 0) == 6 * matmul

@@ -96,3 +96,10 @@ def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_
     for name, loss in reference["valid_loss"].items():
         assert result["valid_loss"][name] == pytest.approx(loss, abs=1e-6)
 
+
+
+def test_a_malformed_array_task_id_is_one_line(tiny_experiment):
+    config = tiny_experiment(n=2)
+    done = run_cli("proxy", "--config", config, env={**os.environ, "SLURM_ARRAY_TASK_ID": "1a"})
+    assert done.returncode == 2
+    assert done.stderr.strip() == "regmix-ds proxy: error: SLURM_ARRAY_TASK_ID: expected an array task number, got '1a'"

@@ -55,20 +55,30 @@ def results(experiment, indices):
     return {i: json.loads((proxy_dir(experiment, i) / "result.json").read_text()) for i in indices}
 
 
+def train_array(experiment, logs, array: str) -> None:
+    """Submit slurm/proxies.sh as the job array `array`, wait for it, and check every proxy is done."""
+    logs.mkdir(exist_ok=True)
+    wait_for_job(sbatch(f"--array={array}", f"--chdir={logs}", "slurm/proxies.sh", experiment.path, cwd=ROOT))
+    statuses = [row.status for row in collect(experiment).rows]
+    assert set(statuses) == {"done"}, (statuses, sorted(p.name for p in logs.iterdir()))
+
+
 def test_proxy_array_trains_each_task_once(tiny_experiment, tmp_path):
-    config = tiny_experiment(n=4)
-    experiment = ExperimentConfig.load(config)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    wait_for_job(sbatch("--array=1-4%2", f"--chdir={logs}", "slurm/proxies.sh", config, cwd=ROOT))
-    collection = collect(experiment)
-    assert [row.status for row in collection.rows] == ["done"] * 4, sorted(p.name for p in logs.iterdir())
+    experiment = ExperimentConfig.load(tiny_experiment(n=4))
+    train_array(experiment, tmp_path / "logs", "1-4%2")
     first = {i: (proxy_dir(experiment, i) / "result.json").stat().st_mtime_ns for i in range(1, 5)}
 
-    wait_for_job(sbatch("--array=1-4", f"--chdir={logs}", "slurm/proxies.sh", config, cwd=ROOT))
+    train_array(experiment, tmp_path / "logs", "1-4")
     assert {i: (proxy_dir(experiment, i) / "result.json").stat().st_mtime_ns for i in range(1, 5)} == first
-    second_logs = [p.read_text() for p in logs.glob("regmix-proxy-*_*.log")]
+    second_logs = [p.read_text() for p in (tmp_path / "logs").glob("regmix-proxy-*_*.log")]
     assert sum("nothing to do" in text for text in second_logs) == 4
+
+
+def test_grouped_array_tasks_train_every_member(tiny_experiment, tmp_path):
+    experiment = ExperimentConfig.load(tiny_experiment(n=4, group_size=2))
+    train_array(experiment, tmp_path / "logs", "1-3:2")
+    assert [r["group_size"] for r in results(experiment, range(1, 5)).values()] == [2, 2, 2, 2]
+    assert len(list((tmp_path / "logs").glob("regmix-proxy-*_*.log"))) == 2
 
 
 def test_requeued_task_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path):

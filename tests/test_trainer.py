@@ -10,14 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from regmix_ds import trainer
+from regmix_ds import engine, trainer
 from regmix_ds.dsconfig import load_ds_config, with_mixture
 from regmix_ds.errors import RegmixError
 from regmix_ds.manifest import Manifest
 from regmix_ds.mixture import Mixture
+
+from tests.helpers import wait_for_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = ROOT / "ds_configs" / "zero3.json"
@@ -339,3 +342,114 @@ def test_finished_run_is_not_trained_again(plain_runs, tiny_manifest):
     code, output = run([sys.executable, "train.py", *args], PLAIN_PORT)
     assert code == 0 and "already finished" in output
     assert (reference / "result.json").stat().st_mtime_ns == before
+
+
+# ---- fault injection: SIGKILL a proxy anywhere, rerun the same command ---------------------------
+
+KILL_PORT = 29664
+KILL_STEPS = 40
+TIMING_FIELDS = ("wall_seconds", "tokens_per_s", "mfu", "matmul_peak_flops_per_s")
+"""result.json fields measured by the clock: the only ones an interrupted run may change."""
+
+
+@pytest.fixture
+def killable_proxy(tiny_experiment):
+    """A 40-step proxy that checkpoints every step: (command for any --out, uninterrupted run directory)."""
+    config = tiny_experiment(n=2, steps=KILL_STEPS, save_interval=1)
+    mixture = config.parent / "work" / "swarm" / "n1.json"
+
+    def command(out: Path) -> list[str]:
+        return [sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", str(config), "--mixture", str(mixture),
+                "--out", str(out)]
+
+    reference = config.parent / "reference"
+    code, output = run(command(reference), KILL_PORT)
+    assert code == 0, output
+    return command, reference
+
+
+def start_logged(command: list[str], log: Path) -> subprocess.Popen:
+    """Like `launch`, output to a file: a run we never read from must not block on a full pipe."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MASTER_PORT": str(KILL_PORT), "OMP_NUM_THREADS": "1"}
+    with open(log, "ab") as handle:
+        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
+
+
+def sigkill(process: subprocess.Popen) -> None:
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+
+
+def assert_same_result(out: Path, reference: Path) -> None:
+    """result.json equals the uninterrupted one but for timing (losses within 1e-6); every step logged once."""
+    got, expected = (json.loads((d / "result.json").read_text()) for d in (out, reference))
+    for name in TIMING_FIELDS:
+        got.pop(name), expected.pop(name)
+    assert got.pop("valid_loss") == pytest.approx(expected.pop("valid_loss"), abs=1e-6)
+    assert got == expected
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines if "loss" in line] == list(range(1, KILL_STEPS + 1))
+    assert step_losses(out) == pytest.approx(step_losses(reference), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_proxy_killed_at_a_random_step_reruns_to_the_uninterrupted_result(killable_proxy, tmp_path):
+    command, reference = killable_proxy
+    for seed in (0, 1, 2):
+        kill_at = int(np.random.default_rng(seed).integers(2, KILL_STEPS - 10))
+        out = tmp_path / f"killed{seed}"
+        process = start_logged(command(out), tmp_path / "killed.log")
+        wait_for_steps(out / "metrics.jsonl", kill_at)
+        sigkill(process)
+        assert not (out / "result.json").exists(), f"seed {seed}: killed too late to test anything"
+        code, output = run(command(out), KILL_PORT)
+        assert code == 0, output
+        assert f"resumed from {out / 'checkpoints'}" in output
+        assert_same_result(out, reference)
+
+
+def kill_while_saving(process: subprocess.Popen, checkpoints: Path, after: int, delay: float) -> bool:
+    """SIGKILL `delay` seconds after a save of a step beyond `after` starts; True if one was still
+    unfinished (a step directory without its marker) at the moment of the kill."""
+    def saving() -> bool:
+        return any(d.name > engine.checkpoint_tag(after) and not (d / engine.COMPLETE_MARKER).exists()
+                   for d in checkpoints.glob("step*"))
+
+    while not saving():
+        assert process.poll() is None, "the run ended before a save was seen"
+        time.sleep(0.001)
+    time.sleep(delay)
+    unfinished = saving()
+    sigkill(process)
+    return unfinished
+
+
+@pytest.mark.slow
+def test_kills_during_checkpoint_saves_leave_a_loadable_checkpoint_and_lose_nothing(killable_proxy, tmp_path):
+    command, reference = killable_proxy
+    rng = np.random.default_rng(11)
+    out, kills, mid_save, step = tmp_path / "killed", 10, 0, 0
+    for _ in range(kills):
+        process = start_logged(command(out), tmp_path / "killed.log")
+        mid_save += kill_while_saving(process, out / "checkpoints", step, float(rng.uniform(0.0, 0.03)))
+        assert not (out / "result.json").exists()
+        newest = engine.newest_checkpoint(out / "checkpoints")
+        if newest is None:  # killed inside the first save: the rerun starts afresh
+            continue
+        step = engine.verify_checkpoint(newest)
+        for shard in newest.glob("*.pt"):
+            assert engine.load_weights_only(str(shard))
+    code, output = run(command(out), KILL_PORT)
+    assert code == 0, output
+    assert_same_result(out, reference)
+    print(f"{kills} SIGKILLs during checkpointing, {mid_save} inside a save; results lost: 0")
+
+
+def test_a_restart_drops_metrics_past_the_checkpoint_and_a_torn_last_line(tmp_path):
+    from regmix_ds.trainer import Reporter
+
+    lines = ['{"step": 1, "loss": 5.0}', '{"step": 2, "valid_loss": {"news": 4.0}}', '{"step": 3, "loss": 4.5}']
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
+    Reporter(tmp_path, is_main=True).restart_at(2)
+    assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines[:2]

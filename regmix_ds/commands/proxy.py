@@ -1,19 +1,24 @@
-"""`regmix-ds proxy`: train one swarm member (what each Slurm array task runs)."""
+"""`regmix-ds proxy`: train one swarm member or a group of them (what each Slurm array task runs)."""
 ORDER = 40
 
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "proxy",
-        help="train proxy i of the swarm, or any mixture with the proxy settings (skips finished, resumes interrupted)",
+        help="train proxy i, a group of proxies, or any mixture with the proxy settings (skips finished, resumes interrupted)",
         description="Train swarm member INDEX on swarm/n<INDEX>.json into proxies/n<INDEX>/ with the "
-        "experiment's proxy: settings. Exits 0 at once if its result.json exists; resumes from its newest "
-        "checkpoint otherwise. Exit 75 means it checkpointed on SIGTERM/SIGUSR1 and wants a requeue.",
+        "experiment's proxy: settings, or several members as one group in this process. Finished proxies "
+        "(result.json exists) are skipped; interrupted ones resume from their newest checkpoint. Exit 75 means "
+        "it checkpointed on SIGTERM/SIGUSR1 and wants a requeue.",
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
-    parser.add_argument("--index", type=int, default=None,
-                        help="swarm index (default: $SLURM_ARRAY_TASK_ID, as in an array task)")
-    parser.add_argument("--mixture", help="train on this mixture JSON instead of a swarm member (needs --out)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--index", type=int, help="one swarm index, trained alone under DeepSpeed")
+    which.add_argument("--indices", help="swarm indices trained together as one group, e.g. 1-16")
+    which.add_argument("--task", type=int,
+                       help="Slurm array task id: index TASK, or with proxy.group_size G > 1 the group TASK..TASK+G-1 "
+                       "(default: $SLURM_ARRAY_TASK_ID)")
+    which.add_argument("--mixture", help="train on this mixture JSON instead of a swarm member (needs --out)")
     parser.add_argument("--out", help="run directory for --mixture")
     parser.set_defaults(run=run)
 
@@ -30,12 +35,27 @@ def run(args) -> int:
     if (args.mixture is None) != (args.out is None):
         raise RegmixError("--mixture", "--mixture and --out go together")
     if args.mixture is not None:
-        config = proxies.proxy_train_config(experiment, Path(args.mixture), Path(args.out))
+        code = proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), Path(args.out)))
+    elif args.indices is not None:
+        code = proxies.train_group(experiment, proxies.parse_ranges(args.indices, "--indices"))
     else:
-        index = args.index if args.index is not None else os.environ.get("SLURM_ARRAY_TASK_ID")
-        if index is None:
-            raise RegmixError("--index", "required outside a Slurm array task (or give --mixture and --out)")
-        config = proxies.train_config(experiment, int(index))
-    code = proxies.train_proxy(config)
+        index = args.index if args.index is not None else task_index(args.task, os.environ)
+        if args.index is None and proxies.group_size(experiment) > 1:
+            code = proxies.train_group(experiment, proxies.task_indices(experiment, index))
+        else:
+            code = proxies.train_proxy(proxies.train_config(experiment, index))
     # Leave through the engine: it tears the process group down without gloo's exit crash.
     engine.shutdown(code)
+
+
+def task_index(task: int | None, environ) -> int:
+    from regmix_ds.errors import RegmixError
+
+    if task is not None:
+        return task
+    if "SLURM_ARRAY_TASK_ID" not in environ:
+        raise RegmixError("--index", "required outside a Slurm array task (or give --indices, --task, or --mixture and --out)")
+    value = environ["SLURM_ARRAY_TASK_ID"]
+    if not value.isdigit():
+        raise RegmixError("SLURM_ARRAY_TASK_ID", f"expected an array task number, got {value!r}")
+    return int(value)

@@ -1,0 +1,619 @@
+"""The bad-input table: every input a user hands us, a typical mistake in it, and the promise
+that it costs one clear line: exit 2, one stderr line naming the file (or flag) and the problem,
+no traceback, and no output file created or changed. docs/bad-input.md shows the same table.
+
+Each case builds its bad input in its own tmp directory and runs the real command line
+(`regmix-ds ...` or `python train.py ...`) in a fresh interpreter. None trains anything:
+bad input must fail before training starts.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from regmix_ds.dsconfig import with_mixture
+from regmix_ds.manifest import Manifest
+from regmix_ds.mixture import Mixture
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "bad-input.md"
+ZERO0 = ROOT / "ds_configs" / "zero0.json"
+REGMIX_TRAIN = ("train_mixture_1m.csv", "train_pile_loss_1m.csv")
+
+
+# ---- what a case may use ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fitted_model(regmix_data, tmp_path_factory) -> Path:
+    """A small LightGBM fit on copies of RegMix's training CSVs (so a case may change its inputs)."""
+    from regmix_ds.config import FitConfig
+    from regmix_ds.fit import fit
+    from regmix_ds.tables import Target, read_regmix_tables
+
+    base = tmp_path_factory.mktemp("fitted")
+    inputs = [shutil.copy(regmix_data / "data" / name, base / name) for name in REGMIX_TRAIN]
+    settings = FitConfig(target="pile_cc", trees=20, early_stopping=5, folds=3)
+    fit(read_regmix_tables(*inputs), Target.parse("pile_cc"), settings, base / "fit")
+    return base / "fit"
+
+
+class Bench:
+    """One case's workspace: its own tmp directory, and the shared fixtures it asks for (lazily)."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp: Path):
+        self.request, self.tmp = request, tmp
+
+    @functools.cached_property
+    def manifest(self) -> Path:
+        return self.request.getfixturevalue("tiny_manifest")
+
+    @functools.cached_property
+    def experiment(self) -> Path:
+        """exp.yaml of a prepared copy of the tiny corpus with a 4-mixture swarm and a proxy: section."""
+        return self.request.getfixturevalue("tiny_experiment")(n=4)
+
+    @property
+    def work_dir(self) -> Path:
+        return self.experiment.parent / "work"
+
+    @functools.cached_property
+    def model(self) -> Path:
+        """A private copy of the fitted model directory and of the training CSVs it records."""
+        model = Path(shutil.copytree(self.request.getfixturevalue("fitted_model"), self.tmp / "fit"))
+        sidecar = json.loads((model / "model.json").read_text())
+        for entry in sidecar["inputs"].values():
+            entry["path"] = shutil.copy(entry["path"], self.tmp)
+        (model / "model.json").write_text(json.dumps(sidecar))
+        return model
+
+    @property
+    def regmix(self) -> Path:
+        return self.request.getfixturevalue("regmix_data") / "data"
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.tmp / name
+        path.write_text(text)
+        return path
+
+    def json(self, name: str, data) -> Path:
+        return self.write(name, json.dumps(data))
+
+    def prior(self) -> dict[str, float]:
+        return Manifest.load(self.manifest).token_prior()
+
+    def mixture(self, **weights: float) -> Path:
+        """The token prior with `weights` replacing (or adding) entries, unvalidated."""
+        return self.json("mixture.json", {"weights": {**self.prior(), **weights}})
+
+    def good_mixture(self) -> Path:
+        path = self.tmp / "good.json"
+        Mixture.from_weights(self.prior(), renormalize=True).save(path)
+        return path
+
+    def ds_config(self, **changes) -> Path:
+        """ds_configs/zero0.json with top-level `changes` (None deletes a key)."""
+        settings = {**json.loads(ZERO0.read_text()), **changes}
+        return self.json("ds.json", {k: v for k, v in settings.items() if v is not None})
+
+    def train(self, manifest=None, mixture: object = "good", ds=None, *flags) -> list:
+        """`train.py` on the tiny corpus; every input can be swapped for a bad one."""
+        mixture = self.good_mixture() if mixture == "good" else mixture
+        return ["train.py", "--manifest", manifest or self.manifest, "--deepspeed_config", ds or ZERO0,
+                *(["--mixture", mixture] if mixture else []), "--preset", "tiny", "--seq-len", 32, "--steps", 4,
+                "--out", self.tmp / "run", *flags]
+
+    def data_copy(self) -> Manifest:
+        """A private copy of the prepared shards and manifest (to damage)."""
+        shutil.copytree(self.manifest.parent, self.tmp / "data")
+        return Manifest.load(self.tmp / "data" / "manifest.json")
+
+    def edited_manifest(self, edit: Callable[[dict], None]) -> Path:
+        data = json.loads(self.manifest.read_text())
+        edit(data)
+        return self.json("manifest.json", data)
+
+    def edited_experiment(self, edit: Callable[[dict], None]) -> Path:
+        config = yaml.safe_load(self.experiment.read_text())
+        edit(config)
+        self.experiment.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.experiment
+
+    def csv_copy(self, name: str, edit: Callable[[list[str]], list[str]]) -> Path:
+        """A copy of one of RegMix's CSVs with its lines edited."""
+        lines = (self.regmix / name).read_text().splitlines()
+        return self.write(name, "\n".join(edit(lines)) + "\n")
+
+    def results_csv(self, edit: Callable[[list[list[str]]], None] = lambda rows: None) -> Path:
+        """A results.csv in collect's layout (3 done runs, 6 domains), with its cells edited."""
+        domains = list(self.prior())
+        rows = [["index", "status", *(f"w:{d}" for d in domains), "loss:target", "tokens", "wall_seconds"]]
+        for i in range(1, 4):
+            weights = [repr(1.0 / len(domains))] * len(domains)
+            rows.append([str(i), "done", *weights, repr(3.0 + i / 10), "512", "1.5"])
+        edit(rows)
+        return self.write("results.csv", "\n".join(",".join(row) for row in rows) + "\n")
+
+
+@dataclass(frozen=True)
+class BadInput:
+    """One row of the table: the argv (first word `regmix-ds` or `train.py`), the output
+    locations that must stay untouched, and the text the error line must contain."""
+
+    argv: list
+    watch: list[Path]
+    message: str
+
+
+CASES: dict[str, Callable[[Bench], BadInput]] = {}
+
+
+def case(name: str):
+    def register(build: Callable[[Bench], BadInput]):
+        assert name not in CASES
+        CASES[name] = build
+        return build
+    return register
+
+
+def rd(*args) -> list:
+    return ["regmix-ds", *args]
+
+
+# ---- experiment config (exp.yaml) ---------------------------------------------------------------
+
+
+@case("exp-missing")
+def _(b: Bench) -> BadInput:
+    path = b.tmp / "exp.yaml"
+    return BadInput(rd("swarm", "--config", path), [b.tmp], f"{path}: file not found")
+
+
+@case("exp-not-yaml")
+def _(b: Bench) -> BadInput:
+    path = b.write("exp.yaml", "work_dir: work\ndata: [news\n")
+    return BadInput(rd("swarm", "--config", path), [b.tmp / "work"], f"{path}: not valid YAML")
+
+
+@case("exp-python-tag")
+def _(b: Bench) -> BadInput:
+    path = b.write("exp.yaml", f"work_dir: !!python/object/apply:os.system ['touch {b.tmp / 'pwned'}']\n")
+    return BadInput(rd("swarm", "--config", path), [b.tmp], f"{path}: not valid YAML")
+
+
+@case("exp-no-work-dir")
+def _(b: Bench) -> BadInput:
+    path = b.write("exp.yaml", "data:\n  domains:\n    news: {paths: [news.jsonl]}\n")
+    return BadInput(rd("prepare", "--config", path), [b.tmp], f"{path}: missing key work_dir")
+
+
+@case("exp-unknown-key")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["swarm"].update(seeds=3))
+    return BadInput(rd("swarm", "--config", path), [b.work_dir], f"{path}: swarm: unknown key(s) seeds; known: n, seed")
+
+
+@case("exp-wrong-type")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["swarm"].update(n="four"))
+    return BadInput(rd("swarm", "--config", path), [b.work_dir], f"{path}: swarm.n: expected int, got 'four'")
+
+
+@case("exp-bad-value")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["proxy"].update(seq_len=0))
+    return BadInput(rd("proxy", "--config", path, "--index", 1), [b.work_dir], f"{path}: proxy.seq_len: must be >= 1")
+
+
+@case("exp-unsafe-domain")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"]["domains"].update({"../x": c["data"]["domains"]["news"]}))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir], f"{path}: data.domains: invalid domain name '../x'")
+
+
+@case("exp-no-proxy-section")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c.pop("proxy"))
+    return BadInput(rd("run-swarm", "--config", path), [b.work_dir], f"{path}: no proxy: section")
+
+
+# ---- mixture JSON --------------------------------------------------------------------------------
+
+
+@case("mixture-negative")
+def _(b: Bench) -> BadInput:
+    path = b.mixture(news=-0.1)
+    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: weight of 'news' is negative: -0.1")
+
+
+@case("mixture-nan")
+def _(b: Bench) -> BadInput:
+    path = b.mixture(news=float("nan"))
+    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: weight of 'news' is not finite: nan")
+
+
+@case("mixture-all-zero")
+def _(b: Bench) -> BadInput:
+    path = b.json("mixture.json", {"weights": dict.fromkeys(b.prior(), 0)})
+    out = b.tmp / "run"
+    return BadInput(rd("proxy", "--config", b.experiment, "--mixture", path, "--out", out), [out, b.work_dir],
+                    f"{path}: all weights are zero")
+
+
+@case("mixture-sum-not-one")
+def _(b: Bench) -> BadInput:
+    path = b.json("mixture.json", {"weights": {name: 0.1 for name in b.prior()}})
+    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: weights sum to 0.6, not 1")
+
+
+@case("mixture-unknown-domain")
+def _(b: Bench) -> BadInput:
+    weights = {**{k: v * 0.5 for k, v in b.prior().items()}, "poetry": 0.5}
+    path = b.json("mixture.json", {"weights": weights})
+    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: mixture names unknown domain(s) poetry")
+
+
+@case("mixture-unsafe-name")
+def _(b: Bench) -> BadInput:
+    path = b.json("mixture.json", {"weights": {"../news": 1.0}})
+    return BadInput(rd("export", "--mixture", path, "--manifest", b.manifest), [b.tmp],
+                    f"{path}: invalid domain name '../news'")
+
+
+@case("mixture-not-json")
+def _(b: Bench) -> BadInput:
+    path = b.write("mixture.json", "news: 0.5\ncode: 0.5\n")
+    return BadInput(rd("export", "--mixture", path, "--manifest", b.manifest), [b.tmp], f"{path}: not valid JSON")
+
+
+# ---- DeepSpeed config and its "regmix" block ------------------------------------------------------
+
+
+@case("ds-regmix-disagrees")
+def _(b: Bench) -> BadInput:
+    other = Mixture.from_weights({**b.prior(), "news": 0.9}, renormalize=True)
+    ds = b.json("ds.json", with_mixture(json.loads(ZERO0.read_text()), other))
+    return BadInput(b.train(ds=ds), [b.tmp / "run"], f'--mixture: {b.tmp / "good.json"} (hash')
+
+
+@case("ds-regmix-hash-edited")
+def _(b: Bench) -> BadInput:
+    block = with_mixture(json.loads(ZERO0.read_text()), Mixture.load(b.good_mixture()))
+    block["regmix"]["mixture"]["weights"]["news"] += 0.01
+    block["regmix"]["mixture"]["weights"]["code"] -= 0.01
+    ds = b.json("ds.json", block)
+    return BadInput(b.train(ds=ds, mixture=None), [b.tmp / "run"], f'{ds}: "regmix.mixture.hash" is')
+
+
+@case("ds-no-mixture-anywhere")
+def _(b: Bench) -> BadInput:
+    return BadInput(b.train(mixture=None), [b.tmp / "run"], f'--mixture: required: {ZERO0} has no "regmix" block')
+
+
+@case("ds-scheduler-block")
+def _(b: Bench) -> BadInput:
+    ds = b.ds_config(scheduler={"type": "WarmupLR", "params": {"warmup_num_steps": 10}})
+    return BadInput(b.train(ds=ds), [b.tmp / "run"], f'{ds}: remove the "scheduler" block')
+
+
+@case("ds-batch-arithmetic")
+def _(b: Bench) -> BadInput:
+    ds = b.ds_config(train_batch_size=6, gradient_accumulation_steps=2)
+    return BadInput(b.train(ds=ds), [b.tmp / "run"], f"{ds}: train_batch_size 6 != train_micro_batch_size_per_gpu 2 x "
+                    "gradient_accumulation_steps 2 x world size 1 (= 4)")
+
+
+@case("ds-no-optimizer")
+def _(b: Bench) -> BadInput:
+    ds = b.ds_config(optimizer=None)
+    return BadInput(b.train(ds=ds), [b.tmp / "run"], f'{ds}: needs an "optimizer" block of type AdamW or Adam')
+
+
+# ---- manifest ------------------------------------------------------------------------------------
+
+
+@case("manifest-missing")
+def _(b: Bench) -> BadInput:
+    path = b.tmp / "manifest.json"
+    return BadInput(b.train(manifest=path), [b.tmp / "run"], f"{path}: file not found")
+
+
+@case("manifest-wrong-format")
+def _(b: Bench) -> BadInput:
+    path = b.edited_manifest(lambda m: m.update(format="regmix-ds/manifest-0"))
+    return BadInput(b.train(manifest=path), [b.tmp / "run"], f"{path}: not a regmix-ds manifest")
+
+
+@case("manifest-missing-field")
+def _(b: Bench) -> BadInput:
+    path = b.edited_manifest(lambda m: m["domains"]["news"].pop("train"))
+    return BadInput(b.train(manifest=path), [b.tmp / "run"], f"{path}: malformed manifest (KeyError: 'train')")
+
+
+# ---- token shards ----------------------------------------------------------------------------------
+
+
+@case("shard-bin-truncated")
+def _(b: Bench) -> BadInput:
+    manifest = b.data_copy()
+    path = manifest.train["code"].prefix.with_suffix(".bin")
+    path.write_bytes(path.read_bytes()[:-100])
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"], f"{path}: truncated")
+
+
+@case("shard-idx-bad-magic")
+def _(b: Bench) -> BadInput:
+    manifest = b.data_copy()
+    path = manifest.valid["target"].prefix.with_suffix(".idx")
+    path.write_bytes(b"NOTANIDX\x00" + path.read_bytes()[9:])
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
+                    f"{path}: not a Megatron index (magic b'NOTANIDX\\x00'")
+
+
+@case("shard-idx-sizes-corrupt")
+def _(b: Bench) -> BadInput:
+    manifest = b.data_copy()
+    path = manifest.train["news"].prefix.with_suffix(".idx")
+    raw = bytearray(path.read_bytes())
+    raw[34:38] = (10**6).to_bytes(4, "little")  # the first document's length
+    path.write_bytes(bytes(raw))
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
+                    f"{path}: inconsistent index: sequence pointers do not follow the sequence lengths")
+
+
+@case("shard-bin-missing")
+def _(b: Bench) -> BadInput:
+    manifest = b.data_copy()
+    path = manifest.train["chat"].prefix.with_suffix(".bin")
+    path.unlink()
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
+                    f"{path}: data file not found (its .idx exists)")
+
+
+@case("shard-token-outside-vocab")
+def _(b: Bench) -> BadInput:
+    manifest = b.data_copy()
+    path = manifest.valid["code"].prefix.with_suffix(".bin")
+    path.write_bytes(b"\xff" * path.stat().st_size)  # same size, every uint16 token 65535
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
+                    f"{path}: token id 65535 is outside the vocabulary [0, {manifest.vocab_size})")
+
+
+# ---- results.csv and RegMix's CSVs -----------------------------------------------------------------
+
+
+def fit_command(b: Bench, *inputs) -> list:
+    return rd("fit", *inputs, "--target", "pile_cc", "--trees", 5, "--out", b.tmp / "fit")
+
+
+@case("results-no-status")
+def _(b: Bench) -> BadInput:
+    path = b.results_csv(lambda rows: [row.pop(1) for row in rows])
+    return BadInput(rd("fit", "--results", path, "--target", "target", "--out", b.tmp / "fit"), [b.tmp / "fit"],
+                    f"{path}: no 'status' column")
+
+
+@case("results-not-a-number")
+def _(b: Bench) -> BadInput:
+    path = b.results_csv(lambda rows: rows[2].__setitem__(-3, "abc"))
+    return BadInput(rd("fit", "--results", path, "--target", "target", "--out", b.tmp / "fit"), [b.tmp / "fit"],
+                    f"{path}: index 2, column 'loss:target': not a number: 'abc'")
+
+
+@case("results-nan-loss")
+def _(b: Bench) -> BadInput:
+    path = b.results_csv(lambda rows: rows[3].__setitem__(-3, "nan"))
+    return BadInput(rd("fit", "--results", path, "--target", "target", "--out", b.tmp / "fit"), [b.tmp / "fit"],
+                    f"{path}: loss 'loss:target' is missing or not finite at index 3")
+
+
+@case("regmix-duplicate-header")
+def _(b: Bench) -> BadInput:
+    header_twice = lambda lines: [lines[0].replace("train_the_pile_github", "train_the_pile_arxiv"), *lines[1:]]
+    mixtures = b.csv_copy(REGMIX_TRAIN[0], header_twice)
+    return BadInput(fit_command(b, "--mixtures", mixtures, "--losses", b.regmix / REGMIX_TRAIN[1]), [b.tmp / "fit"],
+                    f"{mixtures}: duplicate column names")
+
+
+@case("regmix-ragged-row")
+def _(b: Bench) -> BadInput:
+    losses = b.csv_copy(REGMIX_TRAIN[1], lambda lines: [*lines[:2], "2,4.5", *lines[3:]])
+    return BadInput(fit_command(b, "--mixtures", b.regmix / REGMIX_TRAIN[0], "--losses", losses), [b.tmp / "fit"],
+                    f"{losses}: line 3 has 2 cells, the header has")
+
+
+@case("regmix-unmatched-index")
+def _(b: Bench) -> BadInput:
+    losses = b.csv_copy(REGMIX_TRAIN[1], lambda lines: [lines[0], *lines[2:]])
+    return BadInput(fit_command(b, "--mixtures", b.regmix / REGMIX_TRAIN[0], "--losses", losses), [b.tmp / "fit"],
+                    f"{losses}: index 1 of {b.regmix / REGMIX_TRAIN[0]} has no loss row")
+
+
+@case("regmix-negative-weight")
+def _(b: Bench) -> BadInput:
+    mixtures = b.csv_copy(REGMIX_TRAIN[0], lambda lines: [*lines[:5], lines[5].replace(",0.0,", ",-0.1,", 1), *lines[6:]])
+    return BadInput(fit_command(b, "--mixtures", mixtures, "--losses", b.regmix / REGMIX_TRAIN[1]), [b.tmp / "fit"],
+                    f"{mixtures}: index 5: negative weight")
+
+
+# ---- fitted model files ----------------------------------------------------------------------------
+
+
+def predict_command(b: Bench, model: Path) -> tuple[list, Path]:
+    out = b.tmp / "predicted.csv"
+    return rd("predict", "--model", model, "--mixtures", b.regmix / "test_mixture_1m.csv", "--out", out), out
+
+
+@case("model-txt-corrupt")
+def _(b: Bench) -> BadInput:
+    booster = b.model / "model.txt"
+    booster.write_text(booster.read_text().replace("tree_sizes=", "tree_sizes=9", 1))
+    argv, out = predict_command(b, b.model)
+    return BadInput(argv, [out, b.model], f"{booster}: does not match model.json (changed or corrupt); fit again")
+
+
+@case("model-json-missing")
+def _(b: Bench) -> BadInput:
+    (b.model / "model.json").unlink()
+    argv, out = predict_command(b, b.model)
+    return BadInput(argv, [out, b.model], f"{b.model / 'model.json'}: file not found")
+
+
+@case("model-json-domains-edited")
+def _(b: Bench) -> BadInput:
+    sidecar = json.loads((b.model / "model.json").read_text())
+    sidecar["domains"] = sidecar["domains"][:-1]
+    (b.model / "model.json").write_text(json.dumps(sidecar))
+    argv, out = predict_command(b, b.model)
+    return BadInput(argv, [out, b.model], f"{b.model / 'model.txt'}: does not match model.json (features or tree count)")
+
+
+@case("model-inputs-changed")
+def _(b: Bench) -> BadInput:
+    losses = Path(json.loads((b.model / "model.json").read_text())["inputs"]["losses"]["path"])
+    losses.write_text(losses.read_text().replace("5", "6", 1))  # edited after the fit
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--candidates", 1000, "--top-k", 10),
+                    [out, b.model], f"{losses}: changed since the fit in {b.model} (losses); fit again")
+
+
+@case("model-dir-missing")
+def _(b: Bench) -> BadInput:
+    argv, out = predict_command(b, b.tmp / "nofit")
+    return BadInput(argv, [out], f"{b.tmp / 'nofit'}: not a directory (expected the output of regmix-ds fit)")
+
+
+# ---- proxy results ---------------------------------------------------------------------------------
+
+
+@case("result-json-torn")
+def _(b: Bench) -> BadInput:
+    done = run(rd("collect", "--config", b.experiment))
+    assert done.returncode == 0, done.stderr
+    result = b.work_dir / "proxies" / "n2" / "result.json"
+    result.parent.mkdir(parents=True)
+    result.write_text('{"valid_loss": {"news": 3.1')
+    return BadInput(rd("collect", "--config", b.experiment), [b.work_dir / "results.csv"], f"{result}: not valid JSON")
+
+
+# ---- command-line flags ----------------------------------------------------------------------------
+
+
+@case("flag-indices-reversed")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("run-swarm", "--config", b.experiment, "--indices", "5-1"), [b.work_dir],
+                    "--indices: not an index range: '5-1' (expected e.g. 1-16,20)")
+
+
+@case("flag-indices-unknown")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("run-swarm", "--config", b.experiment, "--indices", "3-9"), [b.work_dir],
+                    "--indices: not in the swarm: 5-9")
+
+
+@case("flag-jobs-negative")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("run-swarm", "--config", b.experiment, "--jobs", -1), [b.work_dir], "--jobs: must be >= 1, got -1")
+
+
+@case("flag-unknown-preset")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("swarm", "--config", b.experiment, "--force", "--preset", "nope"), [b.work_dir],
+                    "--preset: unknown preset 'nope' (known: default, regmix-paper, regmix-script)")
+
+
+@case("flag-not-an-integer")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("swarm", "--config", b.experiment, "--force", "--n", "ten"), [b.work_dir],
+                    "argument --n: invalid int value: 'ten'")
+
+
+@case("flag-fit-folds")
+def _(b: Bench) -> BadInput:
+    return BadInput(fit_command(b, "--mixtures", b.regmix / REGMIX_TRAIN[0], "--losses", b.regmix / REGMIX_TRAIN[1],
+                                "--folds", 1), [b.tmp / "fit"], "--folds: must be >= 2")
+
+
+@case("flag-unknown-target")
+def _(b: Bench) -> BadInput:
+    argv = fit_command(b, "--mixtures", b.regmix / REGMIX_TRAIN[0], "--losses", b.regmix / REGMIX_TRAIN[1])
+    argv[argv.index("pile_cc")] = "pile_cc=0.5,poetry=0.5"
+    return BadInput(argv, [b.tmp / "fit"], "--target: no loss column 'poetry'")
+
+
+@case("flag-max-weight")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--max-weight", "pile_cc=lots"), [out, b.model],
+                    "--max-weight: value of 'pile_cc' is not a number: 'lots'")
+
+
+@case("flag-warmup-too-long")
+def _(b: Bench) -> BadInput:
+    return BadInput(b.train(None, "good", None, "--warmup", 100), [b.tmp / "run"],
+                    "--warmup: 100 steps is longer than the run (4 steps)")
+
+
+@case("flag-proxy-index")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("proxy", "--config", b.experiment, "--index", 99), [b.work_dir],
+                    f"--index: no mixture {b.work_dir / 'swarm' / 'n99.json'} (swarm indices: 1-4)")
+
+
+# ---- the test ----------------------------------------------------------------------------------------
+
+
+def run(argv: list) -> subprocess.CompletedProcess:
+    """The command as a user types it, in a fresh interpreter."""
+    words = [str(word) for word in argv]
+    command = [sys.executable, *(["-m", "regmix_ds.cli"] if words[0] == "regmix-ds" else ["train.py"]), *words[1:]]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def snapshot(paths: list[Path]) -> dict[str, tuple | None]:
+    """Every file under `paths`: (mtime_ns, size, sha256); an absent path is recorded as None."""
+    state: dict[str, tuple | None] = {}
+    for path in paths:
+        if not path.exists():
+            state[str(path)] = None
+            continue
+        for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            stat = file.stat()
+            state[str(file)] = (stat.st_mtime_ns, stat.st_size, hashlib.sha256(file.read_bytes()).hexdigest())
+    return state
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, request, tmp_path):
+    bad = CASES[name](Bench(request, tmp_path))
+    before = snapshot(bad.watch)
+    done = run(bad.argv)
+    error = done.stderr.strip()
+    program = "train.py" if bad.argv[0] == "train.py" else f"regmix-ds {bad.argv[1]}"
+    assert done.returncode == 2, f"exit {done.returncode}: {done.stderr[-2000:]}"
+    assert "\n" not in error and "Traceback" not in error, error
+    assert error.startswith(f"{program}: error: ") and bad.message in error, error
+    assert snapshot(bad.watch) == before, "output created or changed"
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_table_covers_every_input_kind():
+    kinds = {name.split("-")[0] for name in CASES}
+    assert kinds == {"exp", "mixture", "ds", "manifest", "shard", "results", "regmix", "model", "result", "flag"}
+    assert len(CASES) >= 30
+
+
+def test_docs_list_every_case():
+    text = DOCS.read_text()
+    missing = [name for name in CASES if f"`{name}`" not in text]
+    assert not missing, f"{DOCS} lacks {missing}"
