@@ -168,6 +168,8 @@ def plan_group(configs: Sequence[TrainConfig]) -> list[RunPlan]:
     outs = [plan.out.resolve() for plan in plans]
     if len(set(outs)) != len(outs):
         raise RegmixError("--indices", "two members of the group share a run directory")
+    if plans[0].deepspeed.precision == "fp16":  # fp16 needs a loss scaler the group step does not have
+        raise RegmixError(plans[0].deepspeed.path, "a proxy group trains in fp32 or bf16, not fp16")
     AdamW.from_plan(plans[0])
     return plans
 

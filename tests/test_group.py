@@ -157,6 +157,22 @@ def test_members_must_share_every_setting_but_the_mixture(tiny_experiment):
         plan_group([first, dataclasses.replace(second, out=first.out)])
 
 
+def test_a_group_refuses_fp16_and_plain_adam(tiny_experiment, tmp_path):
+    import dataclasses
+
+    experiment = ExperimentConfig.load(tiny_experiment(n=1))
+    settings = json.loads((ROOT / "ds_configs" / "zero0.json").read_text())
+    fp16, adam = tmp_path / "fp16.json", tmp_path / "adam.json"
+    fp16.write_text(json.dumps({**settings, "fp16": {"enabled": True}}))
+    optimizer = {"type": "Adam", "params": {**settings["optimizer"]["params"], "adam_w_mode": False}}
+    adam.write_text(json.dumps({**settings, "optimizer": optimizer}))
+    config = train_config(experiment, 1)
+    with pytest.raises(RegmixError, match=f"^{fp16}: a proxy group trains in fp32 or bf16"):
+        plan_group([dataclasses.replace(config, deepspeed_config=str(fp16))])
+    with pytest.raises(RegmixError, match=f"^{adam}: a proxy group trains with AdamW"):
+        plan_group([dataclasses.replace(config, deepspeed_config=str(adam))])
+
+
 class RunsShell:
     def __reduce__(self):
         return (os.system, ("touch pwned",))
