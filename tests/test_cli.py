@@ -343,50 +343,51 @@ def _(b: Bench) -> BadInput:
 # ---- token shards ----------------------------------------------------------------------------------
 
 
+def shard_case(b: Bench, split: str, domain: str, suffix: str, damage: Callable[[Path], None], message: str) -> BadInput:
+    """train.py on a private copy of the shards whose `split` `domain` `suffix` file was damaged;
+    `message` follows the damaged file's path in the expected error."""
+    manifest = b.data_copy()
+    path = getattr(manifest, split)[domain].prefix.with_suffix(suffix)
+    damage(path)
+    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"], f"{path}: {message}")
+
+
+def overwrite(start: int, data: bytes) -> Callable[[Path], None]:
+    def damage(path: Path) -> None:
+        raw = bytearray(path.read_bytes())
+        raw[start : start + len(data)] = data
+        path.write_bytes(bytes(raw))
+    return damage
+
+
 @case("shard-bin-truncated")
 def _(b: Bench) -> BadInput:
-    manifest = b.data_copy()
-    path = manifest.train["code"].prefix.with_suffix(".bin")
-    path.write_bytes(path.read_bytes()[:-100])
-    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"], f"{path}: truncated")
+    return shard_case(b, "train", "code", ".bin", lambda p: p.write_bytes(p.read_bytes()[:-100]), "truncated")
 
 
 @case("shard-idx-bad-magic")
 def _(b: Bench) -> BadInput:
-    manifest = b.data_copy()
-    path = manifest.valid["target"].prefix.with_suffix(".idx")
-    path.write_bytes(b"NOTANIDX\x00" + path.read_bytes()[9:])
-    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
-                    f"{path}: not a Megatron index (magic b'NOTANIDX\\x00'")
+    return shard_case(b, "valid", "target", ".idx", overwrite(0, b"NOTANIDX\x00"),
+                      "not a Megatron index (magic b'NOTANIDX\\x00'")
 
 
 @case("shard-idx-sizes-corrupt")
 def _(b: Bench) -> BadInput:
-    manifest = b.data_copy()
-    path = manifest.train["news"].prefix.with_suffix(".idx")
-    raw = bytearray(path.read_bytes())
-    raw[34:38] = (10**6).to_bytes(4, "little")  # the first document's length
-    path.write_bytes(bytes(raw))
-    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
-                    f"{path}: inconsistent index: sequence pointers do not follow the sequence lengths")
+    # Bytes 34-37 hold the first document's length.
+    return shard_case(b, "train", "news", ".idx", overwrite(34, (10**6).to_bytes(4, "little")),
+                      "inconsistent index: sequence pointers do not follow the sequence lengths")
 
 
 @case("shard-bin-missing")
 def _(b: Bench) -> BadInput:
-    manifest = b.data_copy()
-    path = manifest.train["chat"].prefix.with_suffix(".bin")
-    path.unlink()
-    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
-                    f"{path}: data file not found (its .idx exists)")
+    return shard_case(b, "train", "chat", ".bin", Path.unlink, "data file not found (its .idx exists)")
 
 
 @case("shard-token-outside-vocab")
 def _(b: Bench) -> BadInput:
-    manifest = b.data_copy()
-    path = manifest.valid["code"].prefix.with_suffix(".bin")
-    path.write_bytes(b"\xff" * path.stat().st_size)  # same size, every uint16 token 65535
-    return BadInput(b.train(manifest=manifest.path), [b.tmp / "run", b.tmp / "data"],
-                    f"{path}: token id 65535 is outside the vocabulary [0, {manifest.vocab_size})")
+    # Same size, every uint16 token 65535; the tokenizer of the tiny corpus has 512 tokens.
+    return shard_case(b, "valid", "code", ".bin", lambda p: p.write_bytes(b"\xff" * p.stat().st_size),
+                      "token id 65535 is outside the vocabulary [0, 512)")
 
 
 # ---- results.csv and RegMix's CSVs -----------------------------------------------------------------

@@ -154,12 +154,17 @@ ENGINE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_real_engine_every_zero_stage_saves_resumes_and_gathers(tmp_path):
-    env = {**os.environ, "MASTER_PORT": str(ENGINE_PORT)}
-    done = subprocess.run([sys.executable, "-c", ENGINE_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
+def run_engine_script(script: str, out, port: int, exit_code: int) -> dict:
+    """Run `script` (a real DeepSpeed engine) in a fresh interpreter; return the report.json it writes."""
+    env = {**os.environ, "MASTER_PORT": str(port)}
+    done = subprocess.run([sys.executable, "-c", script, str(out)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=900)
-    assert done.returncode == 3, done.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    assert done.returncode == exit_code, done.stderr[-3000:]
+    return json.loads((out / "report.json").read_text())
+
+
+def test_real_engine_every_zero_stage_saves_resumes_and_gathers(tmp_path):
+    report = run_engine_script(ENGINE_SCRIPT, tmp_path, ENGINE_PORT, exit_code=3)
     reference = report["0"]
     for stage, found in report.items():
         assert found["after"] == found["again"], f"ZeRO {stage}: resumed steps differ"
@@ -235,11 +240,7 @@ DAMAGE_SCRIPT = textwrap.dedent(
 
 
 def test_damaged_checkpoint_is_a_one_line_error_and_pickled_code_never_runs(tmp_path):
-    env = {**os.environ, "MASTER_PORT": str(DAMAGE_PORT)}
-    done = subprocess.run([sys.executable, "-c", DAMAGE_SCRIPT, str(tmp_path)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((tmp_path / "report.json").read_text())
+    report = run_engine_script(DAMAGE_SCRIPT, tmp_path, DAMAGE_PORT, exit_code=0)
     expected = {"missing": "is missing", "truncated": "bytes,", "missing, old marker": "",
                 "pickled object": "refused to load: not plain tensors and values"}
     for stage, found in report.items():
