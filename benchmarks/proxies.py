@@ -26,6 +26,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -40,50 +41,54 @@ DS_CONFIG = ROOT / "ds_configs" / "zero0.json"
 LR = 3e-3
 
 
-def adamw_settings() -> AdamW:
-    settings = load_ds_config(DS_CONFIG)
-    params = settings.optimizer_params
-    return AdamW(tuple(params["betas"]), params["eps"], settings.weight_decay, settings.gradient_clipping)
+def time_steps(steps: int, skip: int, device: torch.device, next_batch: Callable[[], torch.Tensor],
+               train: Callable[[torch.Tensor, int], object]) -> float:
+    """Seconds spent in `train(batch, step)` for steps skip+1 .. steps; batches are drawn untimed."""
+    timed = 0.0
+    for step in range(1, steps + 1):
+        batch = next_batch()
+        synchronize(device)
+        start = time.perf_counter()
+        train(batch, step)
+        synchronize(device)
+        timed += (time.perf_counter() - start) if step > skip else 0.0
+    return timed
+
+
+def random_batches(vocab_size: int, shape: tuple[int, ...], seed: int, device: torch.device) -> Callable[[], torch.Tensor]:
+    """Token batches of `shape` from a seeded generator (the values do not matter, only the work)."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda: torch.randint(0, vocab_size, shape, generator=generator).to(device)
 
 
 def time_group(hf_config, k: int, micro: int, steps: int, skip: int, device: torch.device, dtype: torch.dtype,
                seed: int) -> float:
     """Seconds of the timed steps of K proxies trained as one group."""
-    model, adamw = StackedLlama.from_config(hf_config), adamw_settings()
-    state = GroupState.stack([fresh_start(hf_config, seed) for _ in range(k)], device)
-    generator = torch.Generator().manual_seed(seed)
+    model, adamw = StackedLlama.from_config(hf_config), AdamW.from_deepspeed(load_ds_config(DS_CONFIG))
+    state = GroupState.stack([fresh_start(hf_config, seed)] * k, device)
     lrs = torch.full((k,), LR, device=device)
-    seq_len = hf_config.max_position_embeddings
-    timed = 0.0
-    for step in range(1, steps + 1):
-        batches = torch.randint(0, hf_config.vocab_size, (1, k, micro, seq_len + 1), generator=generator).to(device)
-        synchronize(device)
-        start = time.perf_counter()
-        train_step(model, adamw, state, batches, lrs, step, dtype)
-        synchronize(device)
-        timed += (time.perf_counter() - start) if step > skip else 0.0
-    return timed
+    batches = random_batches(hf_config.vocab_size, (1, k, micro, hf_config.max_position_embeddings + 1), seed, device)
+    return time_steps(steps, skip, device, batches,
+                      lambda batch, step: train_step(model, adamw, state, batch, lrs, step, dtype))
 
 
 def time_hf_single(hf_config, micro: int, steps: int, skip: int, seed: int) -> float:
     """Seconds of the timed steps of one proxy as the plain HF model with torch AdamW (CPU)."""
-    settings = load_ds_config(DS_CONFIG)
+    adamw = AdamW.from_deepspeed(load_ds_config(DS_CONFIG))
     model = models.build_model(hf_config, seed)
-    optimizer = torch.optim.AdamW(models.weight_decay_groups(model, settings.weight_decay), lr=LR,
-                                  betas=tuple(settings.optimizer_params["betas"]), eps=settings.optimizer_params["eps"])
-    generator = torch.Generator().manual_seed(seed)
-    seq_len = hf_config.max_position_embeddings
-    timed = 0.0
-    for step in range(1, steps + 1):
-        batch = torch.randint(0, hf_config.vocab_size, (micro, seq_len + 1), generator=generator)
-        start = time.perf_counter()
+    optimizer = torch.optim.AdamW(models.weight_decay_groups(model, adamw.weight_decay), lr=LR, betas=adamw.betas,
+                                  eps=adamw.eps)
+
+    def train(batch: torch.Tensor, _step: int) -> None:
         inputs, targets = models.split_inputs(batch)
         models.next_token_loss(model(input_ids=inputs, use_cache=False).logits, targets).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.gradient_clipping)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), adamw.clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        timed += (time.perf_counter() - start) if step > skip else 0.0
-    return timed
+
+    cpu = torch.device("cpu")
+    batches = random_batches(hf_config.vocab_size, (micro, hf_config.max_position_embeddings + 1), seed, cpu)
+    return time_steps(steps, skip, cpu, batches, train)
 
 
 def figures(tokens: int, seconds: float, utilization: Utilization) -> dict:

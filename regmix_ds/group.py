@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from regmix_ds import model as models
+from regmix_ds.dsconfig import DeepSpeedSettings
 from regmix_ds.errors import RegmixError
 from regmix_ds.files import atomic_output, write_json_atomic
 from regmix_ds.stacked import StackedLlama, is_matrix, member_state_dict, stack_state_dicts
@@ -57,8 +58,8 @@ class AdamW:
     clip: float
 
     @classmethod
-    def from_plan(cls, plan: RunPlan) -> AdamW:
-        deepspeed = plan.deepspeed
+    def from_deepspeed(cls, deepspeed: DeepSpeedSettings) -> AdamW:
+        """The optimizer block (betas, eps, weight decay) and gradient clipping of a DeepSpeed config."""
         params = deepspeed.optimizer_params
         if deepspeed.settings["optimizer"]["type"] == "Adam" and not params.get("adam_w_mode", True):
             raise RegmixError(deepspeed.path, "a proxy group trains with AdamW; remove adam_w_mode: false")
@@ -93,7 +94,7 @@ class AdamW:
         for name, param in state.params.items():
             shape = (-1, *[1] * (param.ndim - 1))
             grad, exp_avg, exp_avg_sq = param.grad, state.exp_avg[name], state.exp_avg_sq[name]
-            if is_matrix(name, state.params):
+            if is_matrix(param):
                 param.data.mul_(decay.view(shape))
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -170,7 +171,7 @@ def plan_group(configs: Sequence[TrainConfig]) -> list[RunPlan]:
         raise RegmixError("--indices", "two members of the group share a run directory")
     if plans[0].deepspeed.precision == "fp16":  # fp16 needs a loss scaler the group step does not have
         raise RegmixError(plans[0].deepspeed.path, "a proxy group trains in fp32 or bf16, not fp16")
-    AdamW.from_plan(plans[0])
+    AdamW.from_deepspeed(plans[0].deepspeed)
     return plans
 
 
@@ -241,7 +242,7 @@ def train_group(configs: Sequence[TrainConfig], save_model: bool = False) -> int
     # On a CPU a bf16/fp16 config still trains in fp32 (CPU autocast would be slower, not faster).
     dtype = PRECISIONS[first.deepspeed.precision] if device.type == "cuda" else torch.float32
     run = GroupRun(
-        hf_config=hf_config, stacked=StackedLlama.from_config(hf_config), adamw=AdamW.from_plan(first),
+        hf_config=hf_config, stacked=StackedLlama.from_config(hf_config), adamw=AdamW.from_deepspeed(first.deepspeed),
         device=device, dtype=dtype, valid_sets=validation_sets(first), stop=StopRequest(), save_model=save_model,
         utilization=Utilization(models.training_flops_per_token(hf_config, first.config.seq_len),
                                 measure_matmul_peak(device, dtype)),
@@ -293,6 +294,8 @@ class GroupRun:
     stop: StopRequest
     save_model: bool
     utilization: Utilization
+    fresh_starts: dict[int, dict] = field(default_factory=dict)
+    """`fresh_start` per seed, built once: new members share it (stacking copies it)."""
 
     def member(self, plan: RunPlan) -> Member:
         """A member ready to train: fresh weights, or the state of its newest group checkpoint (writes nothing)."""
@@ -300,7 +303,10 @@ class GroupRun:
         reporter = Reporter(plan.out, is_main=True)
         checkpoint = newest_group_checkpoint(plan.out)
         if checkpoint is None:
-            start, progress = fresh_start(self.hf_config, plan.config.seed), Progress()
+            seed = plan.config.seed
+            if seed not in self.fresh_starts:
+                self.fresh_starts[seed] = fresh_start(self.hf_config, seed)
+            start, progress = self.fresh_starts[seed], Progress()
         else:
             payload = load_member(checkpoint)
             progress = resume_progress(payload["client_state"], plan, sampler, checkpoint)

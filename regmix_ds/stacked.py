@@ -36,9 +36,10 @@ def member_state_dict(params: Params, k: int) -> dict[str, torch.Tensor]:
     return {name: tensor[k].detach().clone() for name, tensor in params.items()}
 
 
-def is_matrix(name: str, params: Params) -> bool:
-    """Weight matrices decay, norm gains do not (the same rule as `model.weight_decay_groups`)."""
-    return params[name].ndim - 1 >= 2
+def is_matrix(stacked: torch.Tensor) -> bool:
+    """Whether a stacked weight holds matrices: they decay, norm gains do not (the rule of
+    `model.weight_decay_groups`, one axis further in)."""
+    return stacked.ndim - 1 >= 2
 
 
 @dataclass(frozen=True)
