@@ -17,7 +17,6 @@ setup(
         "tokenizers>=0.20",
         "datasets>=3",
         "lightgbm>=4",
-        "scikit-learn>=1.3",
         "scipy>=1.10",
         "pyyaml>=6",
         "tqdm>=4.60",
@@ -29,5 +28,5 @@ setup(
         "test": ["pytest>=8", "pytest-timeout>=2", "openmpi"],
         "dev": ["pytest>=8", "pytest-timeout>=2", "openmpi", "ruff"],
     },
-    entry_points={"console_scripts": ["regmix-ds=regmix_ds.cli:main"]},
+    entry_points={"console_scripts": ["regmix-ds=regmix_ds.commands.main:main"]},
 )

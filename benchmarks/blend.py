@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from regmix_ds.blend import BeattyTree, BlendedDataset
-from regmix_ds.files import read_yaml
-from regmix_ds.mixture import Mixture
+from regmix_ds.core.files import read_yaml
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.blend import BeattyTree, BlendedDataset
 
 PRIOR = Path(__file__).resolve().parents[2] / "shared" / "regmix-data" / "token_prior.yaml"
 CORPUS_TOKENS = 3e11  # about the Pile's size in tokens

@@ -29,10 +29,10 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regmix_ds import prepare as stage  # noqa: E402
-from regmix_ds import tokenizer as tok  # noqa: E402
-from regmix_ds.config import ExperimentConfig  # noqa: E402
-from regmix_ds.synth import SynthSettings, synthesize  # noqa: E402
+from regmix_ds import prepare as stage
+from regmix_ds import tokenizer as tok
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.data.synth import SynthSettings, synthesize
 
 
 def timed(run) -> float:

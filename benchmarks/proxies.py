@@ -25,16 +25,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from regmix_ds import model as models
-from regmix_ds.dsconfig import load_ds_config
-from regmix_ds.group import AdamW, GroupState, fresh_start, train_step
-from regmix_ds.stacked import StackedLlama
-from regmix_ds.utilization import Utilization, measure_matmul_peak, synchronize
+from regmix_ds.core.config import MODEL_PRESETS
+from regmix_ds.core.dsconfig import load_ds_config
+from regmix_ds.train import model as models
+from regmix_ds.train.group import AdamW, GroupState, fresh_start, train_step
+from regmix_ds.train.stacked import StackedLlama
+from regmix_ds.train.utilization import Utilization, measure_matmul_peak, synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG = ROOT / "ds_configs" / "zero0.json"
@@ -97,7 +98,7 @@ def figures(tokens: int, seconds: float, utilization: Utilization) -> dict:
 
 
 def cpu_mode(args) -> dict:
-    hf_config = models.llama_config(models.PRESETS["demo"], args.vocab_size or 1024, args.seq_len or 128)
+    hf_config = models.llama_config(MODEL_PRESETS["demo"], args.vocab_size or 1024, args.seq_len or 128)
     micro = args.micro_batch or 2
     device, dtype = torch.device("cpu"), torch.float32
     utilization = Utilization(models.training_flops_per_token(hf_config, hf_config.max_position_embeddings),
@@ -125,7 +126,7 @@ def gpu_mode(args) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/proxies.py --gpu: no CUDA device")
     seq_len = args.seq_len or 2048
-    hf_config = models.llama_config(models.PRESETS["proxy-1m"], args.vocab_size or 50432, seq_len)
+    hf_config = models.llama_config(MODEL_PRESETS["proxy-1m"], args.vocab_size or 50432, seq_len)
     micro = args.micro_batch or 1
     device, dtype = torch.device("cuda"), torch.bfloat16
     utilization = Utilization(models.training_flops_per_token(hf_config, seq_len),

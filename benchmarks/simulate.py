@@ -26,11 +26,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from regmix_ds.config import FitConfig, SimulateConfig  # noqa: E402
-from regmix_ds.fit import FittedModel, TreeModel, fit  # noqa: E402
-from regmix_ds.simulate import draw_candidates, domain_caps, resolve_prior, run_simulate  # noqa: E402
-from regmix_ds.tables import Target, read_regmix_tables  # noqa: E402
-from regmix_ds.treescore import full_lowest_k  # noqa: E402
+from regmix_ds.core.config import FitConfig, SimulateConfig  # noqa: E402
+from regmix_ds.regress.fit import FittedModel, TreeModel, fit  # noqa: E402
+from regmix_ds.regress.simulate import domain_caps, draw_candidates, resolve_prior, run_simulate  # noqa: E402
+from regmix_ds.regress.tables import Target, read_regmix_tables  # noqa: E402
+from regmix_ds.regress.treescore import full_lowest_k  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "regmix-data"
 

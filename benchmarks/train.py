@@ -21,11 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from regmix_ds import model as models
-from regmix_ds.dsconfig import load_ds_config
-from regmix_ds.manifest import Manifest
-from regmix_ds.mixture import Mixture
-from regmix_ds.utilization import measure_matmul_peak
+from regmix_ds.core.config import MODEL_PRESETS
+from regmix_ds.core.dsconfig import load_ds_config
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.train import model as models
+from regmix_ds.train.utilization import measure_matmul_peak
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = "proxy-1m"
@@ -33,9 +34,9 @@ PORT = 29690
 
 
 def build_corpus(work: Path, vocab_size: int) -> Path:
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.prepare import prepare
-    from regmix_ds.synth import SynthSettings, synthesize
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.data.prepare import prepare
+    from regmix_ds.data.synth import SynthSettings, synthesize
 
     settings = SynthSettings(seed=0, docs_per_domain=600, target_docs=60, vocab_size=vocab_size, valid_documents=40)
     return prepare(ExperimentConfig.load(synthesize(work / "corpus", settings)["config"]), train_tokenizer=True).path
@@ -84,7 +85,7 @@ def main() -> None:
         manifest = Manifest.load(manifest_path)
         mixture = work / "mixture.json"
         Mixture.from_weights(manifest.token_prior(), renormalize=True).save(mixture)
-        config = models.llama_config(models.PRESETS[PRESET], manifest.vocab_size, args.seq_len)
+        config = models.llama_config(MODEL_PRESETS[PRESET], manifest.vocab_size, args.seq_len)
         params = models.parameter_counts(models.build_model(config, seed=0).named_parameters())
         flops_per_token = models.training_flops_per_token(config, args.seq_len)
         peak = measure_matmul_peak(size=4096, repeats=5)

@@ -29,7 +29,7 @@ def tiny_corpus_config(tmp_path_factory) -> Path:
 
     `truth.json` beside it holds the target's true mixture. Not yet prepared: see `tiny_manifest`.
     """
-    from regmix_ds.synth import SynthSettings, synthesize
+    from regmix_ds.data.synth import SynthSettings, synthesize
 
     out = tmp_path_factory.mktemp("tiny_corpus")
     settings = SynthSettings(seed=0, docs_per_domain=240, target_docs=60, vocab_size=512, valid_documents=40)
@@ -39,8 +39,8 @@ def tiny_corpus_config(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_manifest(tiny_corpus_config) -> Path:
     """`tiny_corpus_config` prepared: a trained 512-token BPE, train/valid shards, manifest.json."""
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.prepare import prepare
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.data.prepare import prepare
 
     return prepare(ExperimentConfig.load(tiny_corpus_config), train_tokenizer=True).path
 
@@ -67,7 +67,8 @@ def tiny_experiment(tiny_manifest, tmp_path):
 
     import yaml
 
-    from regmix_ds.swarm import run_swarm
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.pipeline.swarm import draw_swarm, swarm_settings
 
     corpus = tiny_manifest.parent.parent.parent  # <corpus>/work/data/manifest.json
 
@@ -84,7 +85,8 @@ def tiny_experiment(tiny_manifest, tmp_path):
         config["swarm"] = {"n": n, "seed": 1}
         path = root / "exp.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
-        run_swarm(config_path=str(path))
+        experiment = ExperimentConfig.load(path)
+        draw_swarm(swarm_settings(experiment), experiment)
         return path
 
     return make

@@ -5,7 +5,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from regmix_ds.blend import (
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.blend import (
     MAX_POSITIONS,
     BeattyTree,
     BlendedDataset,
@@ -13,8 +15,6 @@ from regmix_ds.blend import (
     EpochShuffle,
     fixed_samples,
 )
-from regmix_ds.errors import RegmixError
-from regmix_ds.mixture import Mixture
 
 SEQ = 4
 

@@ -14,16 +14,16 @@ import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import yaml
 
-from regmix_ds.dsconfig import with_mixture
-from regmix_ds.manifest import Manifest
-from regmix_ds.mixture import Mixture
+from regmix_ds.core.dsconfig import with_mixture
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bad-input.md"
@@ -37,9 +37,9 @@ REGMIX_TRAIN = ("train_mixture_1m.csv", "train_pile_loss_1m.csv")
 @pytest.fixture(scope="module")
 def fitted_model(regmix_data, tmp_path_factory) -> Path:
     """A small LightGBM fit on copies of RegMix's training CSVs (so a case may change its inputs)."""
-    from regmix_ds.config import FitConfig
-    from regmix_ds.fit import fit
-    from regmix_ds.tables import Target, read_regmix_tables
+    from regmix_ds.core.config import FitConfig
+    from regmix_ds.regress.fit import fit
+    from regmix_ds.regress.tables import Target, read_regmix_tables
 
     base = tmp_path_factory.mktemp("fitted")
     inputs = [shutil.copy(regmix_data / "data" / name, base / name) for name in REGMIX_TRAIN]
@@ -252,7 +252,7 @@ def _(b: Bench) -> BadInput:
 
 @case("mixture-sum-not-one")
 def _(b: Bench) -> BadInput:
-    path = b.json("mixture.json", {"weights": {name: 0.1 for name in b.prior()}})
+    path = b.json("mixture.json", {"weights": dict.fromkeys(b.prior(), 0.1)})
     return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: weights sum to 0.6, not 1")
 
 
@@ -577,7 +577,7 @@ def _(b: Bench) -> BadInput:
 def run(argv: list) -> subprocess.CompletedProcess:
     """The command as a user types it, in a fresh interpreter."""
     words = [str(word) for word in argv]
-    command = [sys.executable, *(["-m", "regmix_ds.cli"] if words[0] == "regmix-ds" else ["train.py"]), *words[1:]]
+    command = [sys.executable, *(["-m", "regmix_ds"] if words[0] == "regmix-ds" else ["train.py"]), *words[1:]]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
 
 

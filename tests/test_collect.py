@@ -7,15 +7,13 @@ import time
 import numpy as np
 import pytest
 
-from regmix_ds.collect import STATUSES, collect
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.errors import RegmixError
-from regmix_ds.files import write_json_atomic
-from regmix_ds.manifest import Manifest
-from regmix_ds.mixture import Mixture
-from regmix_ds.proxies import proxy_dir
-
-from tests.helpers import run_cli
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import write_json_atomic
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline.collect import STATUSES, collect
+from tests.helpers import proxy_dir, run_cli
 
 
 @pytest.fixture
@@ -42,14 +40,14 @@ def test_collect_reports_each_state_and_writes_every_row(swarm_in_every_state):
     collection = collect(experiment)
     assert [row.status for row in collection.rows] == ["done", "running", "failed", "missing"]
     assert collection.indices("failed", "missing") == [3, 4]
-    rows = read_rows(experiment.results_path)
+    rows = read_rows(experiment.work.results)
     result = json.loads((proxy_dir(experiment, 1) / "result.json").read_text())
     assert [r["index"] for r in rows] == ["1", "2", "3", "4"]
     for name, loss in result["valid_loss"].items():
         assert float(rows[0][f"loss:{name}"]) == loss
         assert rows[1][f"loss:{name}"] == ""
     for row in rows:
-        mixture = Mixture.load(experiment.swarm_dir / f"n{row['index']}.json")
+        mixture = Mixture.load(experiment.work.swarm / f"n{row['index']}.json")
         assert {k[2:]: float(v) for k, v in row.items() if k.startswith("w:")} == dict(mixture.weights)
     assert int(rows[0]["tokens"]) == result["tokens"]
 
@@ -76,19 +74,19 @@ def test_a_bad_result_file_is_an_error_naming_it_and_nothing_is_written(swarm_in
     experiment = swarm_in_every_state
     path = proxy_dir(experiment, 4) / "result.json"
     path.parent.mkdir(parents=True)
-    path.write_text(content.replace("HASH", Mixture.load(experiment.swarm_dir / "n4.json").content_hash()))
+    path.write_text(content.replace("HASH", Mixture.load(experiment.work.swarm / "n4.json").content_hash()))
     with pytest.raises(RegmixError, match=problem) as info:
         collect(experiment)
     assert str(info.value).startswith(str(path))
-    assert not experiment.results_path.exists()
+    assert not experiment.work.results.exists()
 
 
 # ---- concurrency and SIGKILL: results.csv is always whole ----------------------------------------
 
 COLLECTOR = """
 import sys
-from regmix_ds.collect import collect
-from regmix_ds.config import ExperimentConfig
+from regmix_ds.pipeline.collect import collect
+from regmix_ds.core.config import ExperimentConfig
 experiment = ExperimentConfig.load(sys.argv[1])
 print("ready", flush=True)
 while True:
@@ -98,7 +96,7 @@ while True:
 FINISHER = """
 import json, sys, time
 from pathlib import Path
-from regmix_ds.files import write_json_atomic
+from regmix_ds.core.files import write_json_atomic
 out, delay, record = Path(sys.argv[1]), float(sys.argv[2]), json.loads(sys.argv[3])
 out.mkdir(parents=True)
 (out / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\\n')
@@ -108,9 +106,9 @@ write_json_atomic(out / "result.json", record)
 
 
 def fake_result(experiment: ExperimentConfig, index: int) -> dict:
-    """A result.json in the shape `trainer.result_record` writes, with made-up numbers."""
-    mixture = Mixture.load(experiment.swarm_dir / f"n{index}.json")
-    names = list(Manifest.load(experiment.manifest_path).valid)
+    """A result.json in the shape `train.loop.Member.result` writes, with made-up numbers."""
+    mixture = Mixture.load(experiment.work.swarm / f"n{index}.json")
+    names = list(Manifest.load(experiment.work.manifest).valid)
     return {
         "mixture": dict(mixture.weights), "mixture_hash": mixture.content_hash(),
         "valid_loss": {name: 3.0 + index / 10 + k / 100 for k, name in enumerate(names)},
@@ -157,8 +155,8 @@ def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment
     seen, done = 0, 0
     try:
         while done < 8 or any(f.poll() is None for f in finishers):
-            if experiment.results_path.exists():
-                now = whole_table(experiment.results_path, indices)
+            if experiment.work.results.exists():
+                now = whole_table(experiment.work.results, indices)
                 assert now >= done, "a done row disappeared"
                 seen, done = seen + 1, now
             time.sleep(0.002)
@@ -167,7 +165,7 @@ def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment
         collector.wait()
     assert [f.wait() for f in finishers] == [0] * 8
     assert done == 8 and seen > 8
-    rows = read_rows(experiment.results_path)
+    rows = read_rows(experiment.work.results)
     for row in rows:
         loss = fake_result(experiment, int(row["index"]))["valid_loss"]
         assert {k[5:]: float(v) for k, v in row.items() if k.startswith("loss:")} == loss
@@ -187,8 +185,8 @@ def test_sigkilled_collect_leaves_the_old_or_the_new_results_csv(tiny_experiment
         time.sleep(float(rng.uniform(0.0, 0.3)))
         child.kill()
         child.wait()
-        assert whole_table(experiment.results_path, indices) == 5
-        leftovers = [p for p in experiment.root.iterdir() if p.name.startswith(".results.csv.")]
+        assert whole_table(experiment.work.results, indices) == 5
+        leftovers = [p for p in experiment.work.root.iterdir() if p.name.startswith(".results.csv.")]
         assert all(p.suffix == ".tmp" for p in leftovers)
         torn_writes += len(leftovers)
         for p in leftovers:

@@ -2,10 +2,9 @@ import dataclasses
 
 import pytest
 
-from regmix_ds import config as config_module
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.errors import RegmixError
-
+from regmix_ds.core import config as config_module
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
 from tests.conftest import ROOT
 
 SECTIONS = {
@@ -49,7 +48,7 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, text, problem):
 def test_paths_resolve_against_the_config_file(tmp_path):
     path = write(tmp_path, "work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 8}\n")
     experiment = ExperimentConfig.load(path)
-    assert experiment.manifest_path == tmp_path / "w" / "data" / "manifest.json"
+    assert experiment.work.manifest == tmp_path / "w" / "data" / "manifest.json"
     assert experiment.resolve(experiment.require_proxy().deepspeed_config) == tmp_path / "d.json"
 
 
@@ -60,3 +59,11 @@ def test_the_readme_example_config_is_valid(tmp_path):
     assert len(experiment.data.domains) == 17
     assert (experiment.swarm.n, experiment.require_proxy().preset, experiment.proxy.train_tokens) == (512, "proxy-1m", 10**9)
     assert experiment.data.tokenizer == "EleutherAI/gpt-neox-20b" and experiment.fit.target == "pile_cc"
+
+
+def test_the_readme_reference_is_generated_from_the_settings():
+    from regmix_ds.commands.reference import reference
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- reference:begin -->\n", 1)[1].split("<!-- reference:end -->", 1)[0]
+    assert section == reference(), "README reference is stale: paste the output of `regmix-ds reference`"

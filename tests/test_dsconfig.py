@@ -5,11 +5,15 @@ from pathlib import Path
 import pytest
 from deepspeed.runtime.config import DeepSpeedConfig
 
-from regmix_ds.dsconfig import (
-    BatchSizes, choose_mixture, load_ds_config, resolve_batch, with_mixture,
+from regmix_ds.core.dsconfig import (
+    BatchSizes,
+    choose_mixture,
+    load_ds_config,
+    resolve_batch,
+    with_mixture,
 )
-from regmix_ds.errors import RegmixError
-from regmix_ds.mixture import Mixture
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.mixture import Mixture
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "ds_configs").glob("*.json"))
 CPU_CONFIGS = [p for p in SHIPPED if "gpu" not in p.name]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from regmix_ds import engine
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.train import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_PORT = 29611
@@ -112,12 +112,14 @@ ENGINE_SCRIPT = textwrap.dedent(
     """
     import json, sys, torch
     from pathlib import Path
-    from regmix_ds import engine, model as models
-    from regmix_ds.dsconfig import load_ds_config
+    from regmix_ds.core.config import MODEL_PRESETS
+    from regmix_ds.core.dsconfig import load_ds_config
+    from regmix_ds.train import engine
+    from regmix_ds.train import model as models
 
     out = Path(sys.argv[1])
     engine.init_distributed(engine.discover_launch())
-    config = models.llama_config(models.PRESETS["tiny"], 64, 8)
+    config = models.llama_config(MODEL_PRESETS["tiny"], 64, 8)
     data = torch.randint(0, 64, (8, 2, 9), generator=torch.Generator().manual_seed(0))
     report = {}
 
@@ -183,13 +185,15 @@ DAMAGE_SCRIPT = textwrap.dedent(
     """
     import json, os, shutil, sys, torch
     from pathlib import Path
-    from regmix_ds import engine, model as models
-    from regmix_ds.dsconfig import load_ds_config
-    from regmix_ds.errors import RegmixError
+    from regmix_ds.core.config import MODEL_PRESETS
+    from regmix_ds.core.dsconfig import load_ds_config
+    from regmix_ds.core.errors import RegmixError
+    from regmix_ds.train import engine
+    from regmix_ds.train import model as models
 
     out = Path(sys.argv[1])
     engine.init_distributed(engine.discover_launch())
-    config = models.llama_config(models.PRESETS["tiny"], 64, 8)
+    config = models.llama_config(MODEL_PRESETS["tiny"], 64, 8)
 
     class RunsAShellCommand:
         def __reduce__(self):

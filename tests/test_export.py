@@ -2,11 +2,11 @@ import json
 
 import pytest
 
-from regmix_ds.cli import main
-from regmix_ds.errors import RegmixError
-from regmix_ds.export import megatron_data_path
-from regmix_ds.manifest import FORMAT, Manifest
-from regmix_ds.mixture import Mixture
+from regmix_ds.commands.main import main
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.manifest import FORMAT, Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.export import megatron_data_path
 
 
 def write_manifest(directory, domains):

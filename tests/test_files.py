@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regmix_ds.errors import RegmixError
-from regmix_ds.files import check_safe_name, read_json, read_yaml, write_json_atomic
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import read_json, read_yaml, write_json_atomic
+from regmix_ds.core.names import check_safe_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = sorted([*(ROOT / "regmix_ds").rglob("*.py"), ROOT / "train.py"])
@@ -20,7 +21,7 @@ SOURCES = sorted([*(ROOT / "regmix_ds").rglob("*.py"), ROOT / "train.py"])
 
 REWRITER = """
 import itertools, sys
-from regmix_ds.files import write_json_atomic
+from regmix_ds.core.files import write_json_atomic
 path, start, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 print("ready", flush=True)
 for generation in itertools.count(start):

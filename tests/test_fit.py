@@ -4,10 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from regmix_ds.cli import main
-from regmix_ds.errors import RegmixError
-from regmix_ds.fit import BOOSTER, REPORT, SIDECAR, FittedModel
-from regmix_ds.tables import Target, read_regmix_tables
+from regmix_ds.commands.main import main
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.layout import FitDir
+from regmix_ds.regress.fit import FittedModel
+from regmix_ds.regress.tables import Target, read_regmix_tables
 
 
 def regmix_flags(data, split="train"):
@@ -38,11 +39,11 @@ def linear_fit(regmix_data, tmp_path_factory):
 
 
 def held_out(out):
-    return json.loads((out / REPORT).read_text())["evaluation"]["metrics"]["pile_cc"]
+    return json.loads(FitDir(out).report.read_text())["evaluation"]["metrics"]["pile_cc"]
 
 
 def test_lightgbm_ranks_regmix_test_mixtures(lightgbm_fit):
-    report = json.loads((lightgbm_fit / REPORT).read_text())
+    report = json.loads(FitDir(lightgbm_fit).report.read_text())
     assert held_out(lightgbm_fit)["spearman"] >= 0.990
     assert held_out(lightgbm_fit)["runs"] == 256
     cross = report["cross_validation"]["metrics"]["pile_cc"]
@@ -57,8 +58,8 @@ def test_linear_is_clearly_worse(linear_fit):
 def test_tree_count_never_sees_the_evaluation_runs(regmix_data, lightgbm_fit, tmp_path):
     out = tmp_path / "without_eval"
     assert run("fit", *regmix_flags(regmix_data), "--target", "pile_cc", "--out", out) == 0
-    assert (out / BOOSTER).read_bytes() == (lightgbm_fit / BOOSTER).read_bytes()
-    assert "evaluation" not in json.loads((out / REPORT).read_text())
+    assert FitDir(out).booster.read_bytes() == FitDir(lightgbm_fit).booster.read_bytes()
+    assert "evaluation" not in json.loads(FitDir(out).report.read_text())
 
 
 def test_saved_model_predicts_like_the_report(regmix_data, lightgbm_fit, tmp_path):
@@ -88,7 +89,7 @@ def test_weighted_target_and_results_csv(tmp_path, regmix_data):
         writer.writerow([99, "failed", *table.weights[0], "", "", 0, 0])
     out = tmp_path / "fit"
     assert run("fit", "--results", path, "--target", "pile_cc=0.7,github=0.3", "--regressor", "linear", "--out", out) == 0
-    report = json.loads((out / REPORT).read_text())
+    report = json.loads(FitDir(out).report.read_text())
     assert report["runs"] == 60 and report["target"] == "0.7*pile_cc+0.3*github"
     fitted = FittedModel.load(out)
     _, target = fitted.training_data()
@@ -106,7 +107,7 @@ def test_fit_with_config_reads_results_and_section(tmp_path, regmix_data):
     config = tmp_path / "exp.yaml"
     config.write_text("work_dir: work\ndata:\n  domains:\n    a: {paths: [a.txt]}\nfit:\n  target: pile_cc\n  regressor: linear\n  folds: 4\n")
     assert run("fit", "--config", config) == 0
-    report = json.loads((work / "fit" / REPORT).read_text())
+    report = json.loads(FitDir(work / "fit").report.read_text())
     assert report["cross_validation"]["folds"] == 4 and report["runs"] == 40
 
 
@@ -149,10 +150,10 @@ def test_predict_rejects_wrong_domains_and_negative_weights(linear_fit, tmp_path
 
 
 @pytest.mark.parametrize("damage, problem", [
-    (lambda d: (d / BOOSTER).write_text((d / BOOSTER).read_text()[:5000]), "does not match model.json"),
-    (lambda d: (d / SIDECAR).write_text("{not json"), "not valid JSON"),
-    (lambda d: (d / SIDECAR).write_text('{"format": "regmix-ds/fit-1"}'), "malformed model file"),
-    (lambda d: (d / BOOSTER).unlink(), "cannot read the booster"),
+    (lambda d: FitDir(d).booster.write_text(FitDir(d).booster.read_text()[:5000]), "does not match model.json"),
+    (lambda d: FitDir(d).sidecar.write_text("{not json"), "not valid JSON"),
+    (lambda d: FitDir(d).sidecar.write_text('{"format": "regmix-ds/fit-1"}'), "malformed model file"),
+    (lambda d: FitDir(d).booster.unlink(), "cannot read the booster"),
 ])
 def test_unreadable_model_is_one_line_error(lightgbm_fit, tmp_path, capsys, damage, problem):
     import shutil

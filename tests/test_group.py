@@ -10,13 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.errors import RegmixError
-from regmix_ds.group import CHECKPOINT, plan_group
-from regmix_ds.proxies import proxy_dir, sbatch_line, task_indices, train_config
-
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.pipeline.proxies import sbatch_line, task_indices, train_config
+from regmix_ds.train.group import CHECKPOINT, plan_group
 from tests.conftest import ROOT
-from tests.helpers import run_cli, wait_for_steps
+from tests.helpers import proxy_dir, run_cli, wait_for_steps
 
 TIMING = {"wall_seconds", "tokens_per_s", "mfu", "matmul_peak_flops_per_s"}
 HOW_TRAINED = {"group_size", "zero_stage"}
@@ -57,7 +56,7 @@ def test_a_group_of_four_matches_four_separate_runs_after_50_steps(tiny_experime
     assert grouped.returncode == 0, grouped.stdout + grouped.stderr
     group_results = {i: result(experiment, i) for i in range(1, 5)}
     group_losses = {i: train_losses(experiment, i) for i in range(1, 5)}
-    shutil.move(experiment.proxies_dir, tmp_path / "grouped")
+    shutil.move(experiment.work.proxies, tmp_path / "grouped")
 
     separate = run_cli("run-swarm", "--config", config, "--jobs", 2)  # group_size 1: each alone under DeepSpeed
     assert separate.returncode == 0, separate.stdout + separate.stderr
@@ -71,7 +70,7 @@ def test_a_group_of_four_matches_four_separate_runs_after_50_steps(tiny_experime
 
 
 def start_group(config, indices="1-3"):
-    return subprocess.Popen([sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", str(config), "--indices", indices],
+    return subprocess.Popen([sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--indices", indices],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -82,7 +81,7 @@ def test_a_group_killed_at_a_random_step_resumes_to_the_uninterrupted_result(tin
     experiment = ExperimentConfig.load(config)
     assert run_cli("proxy", "--config", config, "--indices", "1-3").returncode == 0
     reference = {i: result(experiment, i) for i in range(1, 4)}
-    shutil.move(experiment.proxies_dir, tmp_path / "reference")
+    shutil.move(experiment.work.proxies, tmp_path / "reference")
 
     kill_at = int(np.random.default_rng(seed).integers(4, 36))
     process = start_group(config)
@@ -105,7 +104,7 @@ def test_members_checkpointed_at_different_steps_train_as_subgroups(tiny_experim
     experiment = ExperimentConfig.load(config)
     assert run_cli("proxy", "--config", config, "--indices", "1-3").returncode == 0
     reference = {i: result(experiment, i) for i in range(1, 4)}
-    shutil.move(experiment.proxies_dir, tmp_path / "reference")
+    shutil.move(experiment.work.proxies, tmp_path / "reference")
 
     process = start_group(config)
     wait_for_steps(proxy_dir(experiment, 3) / "metrics.jsonl", 10)
@@ -134,7 +133,7 @@ def test_run_swarm_trains_groups_that_collect_reads(tiny_experiment):
 
     done = run_cli("run-swarm", "--config", config, "--jobs", 2)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in experiment.proxies_dir.glob("group-*.log")) == ["group-1.log", "group-3.log"]
+    assert sorted(p.name for p in experiment.work.proxies.glob("group-*.log")) == ["group-1.log", "group-3.log"]
     assert [result(experiment, i)["group_size"] for i in (1, 2, 3)] == [2, 2, 1]
     assert all(0 < result(experiment, i)["mfu"] < 1 for i in (1, 2, 3))
     collected = run_cli("collect", "--config", config)
@@ -186,8 +185,8 @@ def test_a_bad_group_checkpoint_is_refused_with_one_line(tiny_experiment, conten
     bad = proxy_dir(experiment, 2) / "checkpoints" / "group-step00000004.pt"
     bad.parent.mkdir(parents=True)
     bad.write_bytes(content)
-    refused = run_cli("proxy", "--config", config, "--indices", "1-2", cwd=experiment.root)
+    refused = run_cli("proxy", "--config", config, "--indices", "1-2", cwd=experiment.work.root)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert refused.stderr.strip().splitlines()[-1].startswith(f"regmix-ds proxy: error: {bad}: ")
-    assert not (experiment.root / "pwned").exists()
+    assert not (experiment.work.root / "pwned").exists()
     assert not any((proxy_dir(experiment, i) / "result.json").exists() for i in (1, 2))

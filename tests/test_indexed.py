@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from regmix_ds.errors import RegmixError
-from regmix_ds.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, write_indexed
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, write_indexed
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [[5, 6, 7, 0], [9, 0], [1, 2, 3, 4, 65000, 0]]
@@ -99,10 +99,9 @@ def test_empty_dataset_round_trips(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    with pytest.raises(RuntimeError):
-        with IndexedWriter(tmp_path / "crash", np.uint16) as writer:
-            writer.add_document([1, 2, 3])
-            raise RuntimeError("killed mid-write")
+    with pytest.raises(RuntimeError), IndexedWriter(tmp_path / "crash", np.uint16) as writer:
+        writer.add_document([1, 2, 3])
+        raise RuntimeError("killed mid-write")
     assert list(tmp_path.iterdir()) == []
 
 
@@ -171,9 +170,9 @@ def test_missing_file_is_named(megatron_uint16, missing):
 @pytest.mark.parametrize("case", ["truncated bin", "truncated idx", "wrong magic", "first length corrupt"])
 def test_a_damaged_shard_stops_training_before_it_starts(tiny_manifest, tmp_path, capsys, case):
     """Through a real start of train.py: exit 2 and one line naming the shard, before any output exists."""
-    from regmix_ds import trainer
-    from regmix_ds.manifest import Manifest
-    from regmix_ds.mixture import Mixture
+    from regmix_ds.commands import train as trainer
+    from regmix_ds.core.manifest import Manifest
+    from regmix_ds.core.mixture import Mixture
 
     data = Path(shutil.copytree(tiny_manifest.parent, tmp_path / "data"))
     manifest = Manifest.load(data / "manifest.json")

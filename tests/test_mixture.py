@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from regmix_ds.errors import RegmixError
-from regmix_ds.mixture import Mixture
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.mixture import Mixture
 
 
 def test_valid_mixture_keeps_order_and_sums_to_one():

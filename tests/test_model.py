@@ -7,18 +7,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from regmix_ds import model as models
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.config import MODEL_PRESETS, ModelShape, load_shape
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.train import model as models
 
 
 def tiny_config(vocab=97, seq_len=12):
-    return models.llama_config(models.PRESETS["tiny"], vocab, seq_len, eos_token_id=0)
+    return models.llama_config(MODEL_PRESETS["tiny"], vocab, seq_len, eos_token_id=0)
 
 
 def test_presets_have_the_issue_shapes_and_vocab_from_the_caller():
     expected = {"proxy-1m": (2, 8, 256, 512), "proxy-60m": (10, 8, 768, 1536), "target-1b": (22, 16, 2048, 5632)}
     for name, (layers, heads, hidden, ffn) in expected.items():
-        config = models.llama_config(models.PRESETS[name], 4096, 2048)
+        config = models.llama_config(MODEL_PRESETS[name], 4096, 2048)
         got = (config.num_hidden_layers, config.num_attention_heads, config.hidden_size, config.intermediate_size)
         assert got == (layers, heads, hidden, ffn), name
         assert config.vocab_size == 4096 and config.max_position_embeddings == 2048
@@ -26,7 +27,7 @@ def test_presets_have_the_issue_shapes_and_vocab_from_the_caller():
 
 
 def test_parameter_counts_match_the_llama_formula():
-    shape = models.PRESETS["proxy-1m"]
+    shape = MODEL_PRESETS["proxy-1m"]
     counts = models.parameter_counts(models.build_model(models.llama_config(shape, 512, 64), seed=0).named_parameters())
     h, f, layers, vocab = shape.hidden, shape.ffn, shape.layers, 512
     per_layer = 4 * h * h + 3 * h * f + 2 * h  # attention, SwiGLU, two RMSNorm gains
@@ -80,22 +81,22 @@ def test_flops_per_token_grows_with_sequence_and_counts_six_per_matmul_parameter
 def test_model_config_file_and_its_errors(tmp_path):
     path = tmp_path / "shape.json"
     path.write_text(json.dumps({"layers": 1, "heads": 2, "hidden": 8, "ffn": 16}))
-    assert models.load_shape(None, path) == models.ModelShape(1, 2, 8, 16)
+    assert load_shape(None, path) == ModelShape(1, 2, 8, 16)
     path.write_text(json.dumps({"layers": 1, "heads": 3, "hidden": 8, "ffn": 16}))
     with pytest.raises(RegmixError, match="model.hidden"):
-        models.load_shape(None, path)
+        load_shape(None, path)
     path.write_text(json.dumps({"layers": 1, "heads": 2, "hidden": 8, "ffn": 16, "dropout": 0.1}))
     with pytest.raises(RegmixError, match="unknown key"):
-        models.load_shape(None, path)
+        load_shape(None, path)
     with pytest.raises(RegmixError, match="--preset: unknown preset 'huge'"):
-        models.load_shape("huge", None)
+        load_shape("huge", None)
 
 
 def test_hf_export_round_trips(tmp_path, tiny_manifest):
-    from regmix_ds.manifest import Manifest
+    from regmix_ds.core.manifest import Manifest
 
     manifest = Manifest.load(tiny_manifest)
-    config = models.llama_config(models.PRESETS["tiny"], manifest.vocab_size, 16)
+    config = models.llama_config(MODEL_PRESETS["tiny"], manifest.vocab_size, 16)
     model = models.build_model(config, seed=3)
     models.save_hf_model(config, model.state_dict(), manifest.tokenizer_path, tmp_path / "hf")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
@@ -107,6 +108,6 @@ def test_hf_export_round_trips(tmp_path, tiny_manifest):
 
 
 def test_model_module_does_not_import_deepspeed():
-    code = "import sys, regmix_ds.model; print('deepspeed' in sys.modules)"
+    code = "import sys, regmix_ds.train.model; print('deepspeed' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

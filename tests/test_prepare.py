@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import yaml
 
-from regmix_ds import prepare as prepare_module
-from regmix_ds.cli import main
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.indexed import IndexedDataset
-from regmix_ds.manifest import Manifest
-from regmix_ds.prepare import prepare
-from regmix_ds.tokenizer import load_tokenizer
+from regmix_ds.commands.main import main
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.data import prepare as prepare_module
+from regmix_ds.data.indexed import IndexedDataset
+from regmix_ds.data.prepare import prepare
+from regmix_ds.data.tokenizer import load_tokenizer
 
 
 def texts_of(path):

@@ -6,11 +6,10 @@ import sys
 
 import pytest
 
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.errors import RegmixError
-from regmix_ds.proxies import format_ranges, parse_ranges, proxy_dir, sbatch_line, train_config
-
-from tests.helpers import run_cli, wait_for_steps
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.pipeline.proxies import format_ranges, parse_ranges, sbatch_line, train_config
+from tests.helpers import proxy_dir, run_cli, wait_for_steps
 
 
 @pytest.mark.parametrize("indices, text", [([1, 2, 3, 7, 9, 10], "1-3,7,9-10"), ([5], "5"), ([3, 1, 2, 2], "1-3")])
@@ -83,7 +82,7 @@ def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_
     reference = json.loads((out / "result.json").read_text())
     os.rename(out, tmp_path / "reference")
 
-    process = subprocess.Popen([sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", str(config), "--index", "1"],
+    process = subprocess.Popen([sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--index", "1"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wait_for_steps(out / "metrics.jsonl", 5)
     process.send_signal(signal.SIGTERM)

@@ -3,12 +3,12 @@ import json
 import numpy as np
 import pytest
 
-from regmix_ds.cli import main
-from regmix_ds.config import FitConfig, SimulateConfig
-from regmix_ds.fit import fit
-from regmix_ds.report import report
-from regmix_ds.simulate import run_simulate
-from regmix_ds.tables import Target, read_regmix_tables
+from regmix_ds.commands.main import main
+from regmix_ds.core.config import FitConfig, SimulateConfig
+from regmix_ds.regress.fit import fit
+from regmix_ds.regress.report import report
+from regmix_ds.regress.simulate import run_simulate
+from regmix_ds.regress.tables import Target, read_regmix_tables
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -38,8 +38,8 @@ def test_without_best_json_only_the_fit_plots(fitted, tmp_path):
 
 
 def test_intervals_drawn_only_when_present(fitted):
-    from regmix_ds.mixture import Mixture
-    from regmix_ds.report import chosen_weights
+    from regmix_ds.core.mixture import Mixture
+    from regmix_ds.regress.report import chosen_weights
 
     best = json.loads((fitted / "best.json").read_text())
     mixture = Mixture.load(fitted / "best.json")

@@ -3,14 +3,14 @@ import json
 import numpy as np
 import pytest
 
-from regmix_ds.cli import main
-from regmix_ds.config import FitConfig, SimulateConfig
-from regmix_ds.dsconfig import load_ds_config
-from regmix_ds.fit import FittedModel, fit
-from regmix_ds.manifest import FORMAT as MANIFEST_FORMAT
-from regmix_ds.mixture import Mixture
-from regmix_ds.simulate import draw_candidates, resolve_prior, simulate
-from regmix_ds.tables import Target, read_prior, read_regmix_tables
+from regmix_ds.commands.main import main
+from regmix_ds.core.config import FitConfig, SimulateConfig
+from regmix_ds.core.dsconfig import load_ds_config
+from regmix_ds.core.manifest import FORMAT as MANIFEST_FORMAT
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.regress.fit import FittedModel, fit
+from regmix_ds.regress.simulate import draw_candidates, resolve_prior, simulate
+from regmix_ds.regress.tables import Target, prior_by_domain, read_regmix_tables
 
 SMALL = {"candidates": 50_000, "bootstrap": 3}
 
@@ -87,7 +87,7 @@ def test_linear_model_stays_inside_the_training_support(linear_model, regmix_dat
     fitted = FittedModel.load(linear_model)
     prior, _ = resolve_prior(fitted, regmix_data / "token_prior.yaml", None)
     unbounded = simulate(fitted, prior, SimulateConfig(candidates=50_000, bootstrap=0,
-                                                       max_weight={d: 1.0 for d in fitted.domains}), progress=False)
+                                                       max_weight=dict.fromkeys(fitted.domains, 1.0)), progress=False)
     assert unbounded.mixture.weights["enron_emails"] > 0.2  # what the support filter is for
     bounded = simulate(fitted, prior, SimulateConfig(candidates=50_000, bootstrap=2), progress=False)
     for domain, weight in bounded.mixture.weights.items():
@@ -121,7 +121,7 @@ def write_manifest(path, tokens):
 
 def test_token_budget_caps_domains(linear_model, regmix_data, tmp_path):
     fitted = FittedModel.load(linear_model)
-    prior = read_prior(regmix_data / "token_prior.yaml")
+    prior = prior_by_domain(regmix_data / "token_prior.yaml")
     manifest = write_manifest(tmp_path / "manifest.json", {d: int(prior[d] * 1e9) for d in fitted.domains})
     assert run("simulate", "--model", linear_model, "--manifest", manifest, "--candidates", 50_000, "--bootstrap", 0,
                "--target-tokens", 1_000_000_000, "--max-epochs", 3, "--out", tmp_path / "best.json") == 0

@@ -8,12 +8,10 @@ import time
 
 import pytest
 
-from regmix_ds.collect import collect
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.proxies import proxy_dir
-
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.pipeline.collect import collect
 from tests.conftest import ROOT
-from tests.helpers import run_cli, wait_for_steps
+from tests.helpers import proxy_dir, run_cli, wait_for_steps
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -49,6 +47,19 @@ def wait_for_job(job_id: str, timeout: float = 600) -> None:
             return
         time.sleep(1)
     raise AssertionError(f"Slurm job {job_id} still queued after {timeout} s")
+
+
+def start_requeued_now(task: str, timeout: float = 120) -> None:
+    """Slurm holds a requeued job about two minutes (Reason=BeginTime) once it is pending again:
+    wait for that, then let it start at once."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = subprocess.run(["squeue", "-h", "-j", task, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], capture_output=True, text=True)
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"Slurm task {task} never went back to pending after the requeue")
 
 
 def results(experiment, indices):
@@ -89,6 +100,7 @@ def test_requeued_task_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_
     wait_for_steps(out / "metrics.jsonl", 5)
     requeue = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
+    start_requeued_now(f"{job}_1")
     wait_for_job(job)
     log = next(tmp_path.glob("regmix-proxy-*_1.log")).read_text()
     assert "restart 1" in log and "resumed from" in log, log

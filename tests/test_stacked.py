@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from regmix_ds import model as models
-from regmix_ds.stacked import StackedLlama, member_state_dict, stack_state_dicts
+from regmix_ds.core.config import MODEL_PRESETS, ModelShape
+from regmix_ds.train import model as models
+from regmix_ds.train.stacked import StackedLlama, member_state_dict, stack_state_dicts
 
 SHAPES = {
-    "tiny": models.PRESETS["tiny"],
-    "grouped_kv": models.ModelShape(layers=2, heads=4, hidden=32, ffn=64, kv_heads=2, rope_theta=500.0),
+    "tiny": MODEL_PRESETS["tiny"],
+    "grouped_kv": ModelShape(layers=2, heads=4, hidden=32, ffn=64, kv_heads=2, rope_theta=500.0),
 }
 
 

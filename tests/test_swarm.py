@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from regmix_ds.cli import build_parser, main
-from regmix_ds.config import SWARM_PRESETS, ExperimentConfig, SwarmConfig
-from regmix_ds.errors import RegmixError
-from regmix_ds.manifest import Manifest, Split
-from regmix_ds.mixture import Mixture
-from regmix_ds import swarm as swarm_module
-from regmix_ds.swarm import load_prior, sample_swarm
+from regmix_ds.commands.main import build_parser, main
+from regmix_ds.core.config import SWARM_PRESETS, ExperimentConfig, SwarmConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.manifest import Manifest, Split
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline import swarm as swarm_module
+from regmix_ds.pipeline.swarm import sample_swarm, sampling_prior
 
 SMALL_PRIOR = {"web": 0.5, "code": 0.3, "books": 0.15, "math": 0.05}
 TOKENS = {"web": 5_000_000, "code": 3_000_000, "books": 1_500_000, "math": 500_000}
@@ -80,7 +80,7 @@ def test_regmix_paper_preset_reproduces_released_swarm_statistics(regmix_data, t
 
 def test_regmix_script_preset_is_much_sparser_than_the_released_swarm(regmix_data):
     """Why regmix-paper is fitted: RegMix's script constants do not give its released table."""
-    prior = load_prior(regmix_data / "token_prior.yaml")
+    prior = sampling_prior(regmix_data / "token_prior.yaml")
     script = sample_swarm(prior, SwarmConfig(n=512, seed=7, preset="regmix-script"))
     released = table(regmix_data / "data" / "train_mixture_1m.csv").drop(columns="index").to_numpy()
     zeros_script, zeros_released = swarm_statistics(script.weights)[0], swarm_statistics(released)[0]
@@ -128,7 +128,7 @@ def test_every_mixture_obeys_cap_min_weight_and_dedup():
 def test_config_run_uses_manifest_prior_epoch_cap_and_work_dir(experiment):
     assert swarm_cli("--config", experiment) == 0
     config = ExperimentConfig.load(experiment)
-    out = config.root / "swarm"
+    out = config.work.root / "swarm"
     weights = table(out / "swarm.csv").drop(columns="index")
     assert list(weights.columns) == list(TOKENS) and len(weights) == 40
     needed_epochs = weights.to_numpy() * 4_000_000 / np.array(list(TOKENS.values()))
@@ -136,7 +136,7 @@ def test_config_run_uses_manifest_prior_epoch_cap_and_work_dir(experiment):
     # the epoch cap is what binds for math (cap x prior would allow 15 x 5% = 75%)
     assert 1.0 * TOKENS["math"] / 4_000_000 < 15 * 0.05
     settings = json.loads((out / "settings.json").read_text())
-    assert settings["prior"] == Manifest.load(config.root / "data" / "manifest.json").token_prior()
+    assert settings["prior"] == Manifest.load(config.work.root / "data" / "manifest.json").token_prior()
     assert settings["settings"]["seed"] == 3
 
 
@@ -155,7 +155,7 @@ def test_prior_file_flat_or_under_train_key(tmp_path):
     flat, nested = tmp_path / "flat.yaml", tmp_path / "nested.json"
     flat.write_text(yaml.safe_dump({"a": 2, "b": 6}))
     nested.write_text(json.dumps({"train": {"a": 1, "b": 3}, "valid": {"va": 1.0}}))
-    assert load_prior(flat) == load_prior(nested) == {"a": 0.25, "b": 0.75}
+    assert sampling_prior(flat) == sampling_prior(nested) == {"a": 0.25, "b": 0.75}
 
 
 def test_force_replaces_an_existing_swarm_and_nothing_else_does(small_prior_file, tmp_path, capsys):

@@ -5,11 +5,11 @@ import re
 import numpy as np
 import pytest
 
-from regmix_ds.cli import main
-from regmix_ds.config import ExperimentConfig
-from regmix_ds.errors import RegmixError
-from regmix_ds.mixture import Mixture
-from regmix_ds.synth import STYLES, DomainGenerator, SynthSettings, build_generators, synthesize
+from regmix_ds.commands.main import main
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.synth import STYLES, DomainGenerator, SynthSettings, build_generators, synthesize
 
 SMALL = dict(docs_per_domain=60, target_docs=40, valid_documents=10)
 

@@ -1,17 +1,10 @@
 import numpy as np
 import pytest
 
-from regmix_ds.errors import RegmixError
-from regmix_ds.tables import (
-    Target,
-    loss_name,
-    parse_pairs,
-    read_prior,
-    read_regmix_tables,
-    read_results,
-    read_weights,
-    weight_name,
-)
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.names import loss_name, weight_name
+from regmix_ds.core.settings import parse_pairs
+from regmix_ds.regress.tables import Target, prior_by_domain, read_regmix_tables, read_results, read_weights
 
 
 def write(path, text):
@@ -104,11 +97,11 @@ def test_weights_table_checks_domains_by_name(tmp_path):
 
 
 def test_prior_flat_or_under_train(tmp_path):
-    nested = read_prior(write(tmp_path / "p.yaml", "train:\n  train_the_pile_unzip_a: 1\n  train_the_pile_unzip_b: 3\nvalid: {}\n"))
-    flat = read_prior(write(tmp_path / "q.json", '{"a": 1, "b": 3}'))
+    nested = prior_by_domain(write(tmp_path / "p.yaml", "train:\n  train_the_pile_unzip_a: 1\n  train_the_pile_unzip_b: 3\nvalid: {}\n"))
+    flat = prior_by_domain(write(tmp_path / "q.json", '{"a": 1, "b": 3}'))
     assert nested == flat == {"a": 1.0, "b": 3.0}
     with pytest.raises(RegmixError, match="non-negative"):
-        read_prior(write(tmp_path / "r.yaml", "a: -1\n"))
+        prior_by_domain(write(tmp_path / "r.yaml", "a: -1\n"))
 
 
 @pytest.mark.parametrize("text, problem", [("a", "needs a value"), ("a=1,a=2", "twice"), ("=1", "empty name"), ("a=inf", "not finite")])

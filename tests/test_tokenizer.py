@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from regmix_ds import tokenizer as tok
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.data import tokenizer as tok
 
 TEXTS = [f"doc {i}: the quick brown fox {i % 7} jumps over the lazy dog; lorem ipsum dolor" for i in range(300)]
 

@@ -7,10 +7,18 @@ from pathlib import Path
 import psutil
 import pytest
 
-from regmix_ds.trainer import EXIT_REQUEUE
+from regmix_ds.train.single import EXIT_REQUEUE
 from tests.test_trainer import (
-    STEPS, assert_hf_model_reproduces, assert_same_run, finish, launch, run, signal_after_step, step_losses,
-    train_args, write_mixture,
+    STEPS,
+    assert_hf_model_reproduces,
+    assert_same_run,
+    finish,
+    launch,
+    run,
+    signal_after_step,
+    step_losses,
+    train_args,
+    write_mixture,
 )
 
 pytestmark = pytest.mark.slow

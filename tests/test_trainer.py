@@ -14,12 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from regmix_ds import engine, trainer
-from regmix_ds.dsconfig import load_ds_config, with_mixture
-from regmix_ds.errors import RegmixError
-from regmix_ds.manifest import Manifest
-from regmix_ds.mixture import Mixture
-
+from regmix_ds.commands import train as train_command
+from regmix_ds.core.config import TrainConfig
+from regmix_ds.core.dsconfig import load_ds_config, with_mixture
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.layout import RunDir
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.train import engine, single
+from regmix_ds.train.loop import EXIT_REQUEUE, MetricsFile
+from regmix_ds.train.plan import learning_rate, plan_run
 from tests.helpers import wait_for_steps
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,9 +98,9 @@ def assert_hf_model_reproduces(out: Path, manifest: Path) -> None:
     """OUT/hf loads with transformers and gives result.json's validation losses on the same samples."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from regmix_ds import model as models
-    from regmix_ds.blend import fixed_samples
-    from regmix_ds.indexed import IndexedDataset
+    from regmix_ds.data.blend import fixed_samples
+    from regmix_ds.data.indexed import IndexedDataset
+    from regmix_ds.train import model as models
 
     loaded = AutoModelForCausalLM.from_pretrained(out / "hf")
     assert AutoTokenizer.from_pretrained(out / "hf").vocab_size <= loaded.config.vocab_size
@@ -112,10 +116,10 @@ def assert_hf_model_reproduces(out: Path, manifest: Path) -> None:
 # ---- configuration ---------------------------------------------------------------------------
 
 
-def config(**changes) -> trainer.TrainConfig:
+def config(**changes) -> TrainConfig:
     base = {"manifest": "m.json", "deepspeed_config": "ds.json", "out": "out", "mixture": "x.json",
             "preset": "tiny", "steps": 10}
-    return trainer.TrainConfig(**{**base, **changes})
+    return TrainConfig(**{**base, **changes})
 
 
 @pytest.mark.parametrize(
@@ -148,20 +152,20 @@ def test_schedules_warm_up_then_hold_or_decay_to_the_floor(tiny_manifest, tmp_pa
     mixture = write_mixture(tiny_manifest, tmp_path / "mix.json")
     common = {"manifest": str(tiny_manifest), "deepspeed_config": str(ZERO3), "mixture": str(mixture), "warmup": 4,
               "steps": 20, "lr": 1e-3, "out": str(tmp_path / "o")}
-    constant = trainer.plan_run(config(**common), 1)
-    cosine = trainer.plan_run(config(**common, schedule="cosine", lr_floor=0.1), 1)
-    warm = [trainer.learning_rate(s, constant) for s in range(4)]
+    constant = plan_run(config(**common), 1)
+    cosine = plan_run(config(**common, schedule="cosine", lr_floor=0.1), 1)
+    warm = [learning_rate(s, constant) for s in range(4)]
     assert warm == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3])
-    assert [trainer.learning_rate(s, cosine) for s in range(4)] == warm
-    assert all(trainer.learning_rate(s, constant) == 1e-3 for s in range(4, 20))
-    decay = [trainer.learning_rate(s, cosine) for s in range(4, 21)]
+    assert [learning_rate(s, cosine) for s in range(4)] == warm
+    assert all(learning_rate(s, constant) == 1e-3 for s in range(4, 20))
+    decay = [learning_rate(s, cosine) for s in range(4, 21)]
     assert decay[0] == pytest.approx(1e-3) and decay[-1] == pytest.approx(1e-4)
     assert all(a > b for a, b in zip(decay, decay[1:]))
 
 
 def test_plan_turns_tokens_into_whole_global_batches(tiny_manifest, tmp_path):
     mixture = write_mixture(tiny_manifest, tmp_path / "mix.json")
-    plan = trainer.plan_run(
+    plan = plan_run(
         config(manifest=str(tiny_manifest), deepspeed_config=str(ZERO3), mixture=str(mixture), steps=None,
                train_tokens=1000, seq_len=32), world_size=2)
     assert plan.batch.global_batch == 4 and plan.tokens_per_step == 128
@@ -173,16 +177,16 @@ def test_plan_errors_name_the_flag(tiny_manifest, tmp_path):
     mixture = write_mixture(tiny_manifest, tmp_path / "mix.json")
     common = {"manifest": str(tiny_manifest), "deepspeed_config": str(ZERO3), "mixture": str(mixture)}
     with pytest.raises(RegmixError, match="--warmup: 11 steps is longer than the run"):
-        trainer.plan_run(config(**common, warmup=11), 1)
+        plan_run(config(**common, warmup=11), 1)
     unknown = tmp_path / "unknown.json"
     Mixture.from_weights({"news": 0.5, "poetry": 0.5}).save(unknown)
     with pytest.raises(RegmixError, match="unknown domain"):
-        trainer.plan_run(config(**{**common, "mixture": str(unknown)}), 1)
+        plan_run(config(**{**common, "mixture": str(unknown)}), 1)
 
 
 def test_rank_shares_cover_every_sample_once_with_equal_forward_counts():
     samples = torch.arange(7 * 3).view(7, 3)
-    shares = [trainer.rank_share(samples, rank, 3) for rank in range(3)]
+    shares = [single.rank_share(samples, rank, 3) for rank in range(3)]
     assert {len(share) for share, _ in shares} == {3}
     real = torch.cat([share[weights > 0] for share, weights in shares])
     assert sorted(real[:, 0].tolist()) == samples[:, 0].tolist()
@@ -193,28 +197,28 @@ def test_start_decision_never_clobbers_a_run(tiny_manifest, tmp_path):
     mixture = write_mixture(tiny_manifest, tmp_path / "mix.json")
     common = {"manifest": str(tiny_manifest), "deepspeed_config": str(ZERO3), "mixture": str(mixture),
               "out": str(tmp_path / "run")}
-    fresh, auto = trainer.plan_run(config(**common), 1), trainer.plan_run(config(**common, resume="auto"), 1)
-    assert trainer.decide_start(fresh) == trainer.decide_start(auto) == "fresh"
+    fresh, auto = plan_run(config(**common), 1), plan_run(config(**common, resume="auto"), 1)
+    assert single.decide_start(fresh) == single.decide_start(auto) == "fresh"
     checkpoint = tmp_path / "run" / "checkpoints" / "step00000004"
     checkpoint.mkdir(parents=True)
-    assert trainer.decide_start(fresh) == "fresh", "a checkpoint killed mid-save (no marker) does not count"
+    assert single.decide_start(fresh) == "fresh", "a checkpoint killed mid-save (no marker) does not count"
     (checkpoint / "complete.json").write_text('{"step": 4}')
-    assert trainer.decide_start(auto) == "resume"
+    assert single.decide_start(auto) == "resume"
     with pytest.raises(RegmixError, match="--out: .* pass --resume auto"):
-        trainer.decide_start(fresh)
+        single.decide_start(fresh)
     (tmp_path / "run" / "result.json").write_text("{}")
-    assert trainer.decide_start(auto) == "done"
+    assert single.decide_start(auto) == "done"
     with pytest.raises(RegmixError, match="already holds a finished run"):
-        trainer.decide_start(fresh)
+        single.decide_start(fresh)
 
 
 def test_help_documents_every_flag():
-    text = trainer.build_parser().format_help()
+    text = train_command.build_parser().format_help()
     for flag in ("--mixture", "--manifest", "--preset", "--model-config", "--deepspeed_config", "--seq-len",
                  "--train-tokens", "--steps", "--lr", "--schedule", "--warmup", "--seed", "--out", "--eval-interval",
                  "--eval-batches", "--save-interval", "--resume", "--local_rank"):
         assert flag in text
-    assert str(trainer.EXIT_REQUEUE) in text
+    assert str(EXIT_REQUEUE) in text
 
 
 @pytest.mark.parametrize("problem", ["disagree", "missing_mixture", "bad_preset", "too_long_warmup"])
@@ -231,7 +235,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tiny_manifest, tmp_path, 
         "too_long_warmup": train_args(tiny_manifest, out, mixture, warmup=STEPS + 1),
     }[problem]
     try:
-        code = trainer.main(args)
+        code = train_command.main(args)
     except SystemExit as exit:  # argparse's own errors
         code = exit.code
     assert code == 2
@@ -253,8 +257,8 @@ def test_flag_and_block_with_the_same_weights_plan_the_same_run(tiny_manifest, t
     block = tmp_path / "ds.json"
     block.write_text(json.dumps(with_mixture(load_ds_config(ZERO3).settings, Mixture.load(mixture))))
     common = {"manifest": str(tiny_manifest), "deepspeed_config": str(block), "out": str(tmp_path / "o")}
-    both = trainer.plan_run(config(**common, mixture=str(mixture)), 1)
-    block_only = trainer.plan_run(config(**common, mixture=None), 1)
+    both = plan_run(config(**common, mixture=str(mixture)), 1)
+    block_only = plan_run(config(**common, mixture=None), 1)
     assert both.signature() == block_only.signature()
 
 
@@ -308,7 +312,7 @@ def test_interrupted_run_resumes_to_the_same_losses(plain_runs, tiny_manifest):
     process = launch(args, PLAIN_PORT)
     signal_after_step(process, out, lambda: [process.pid])
     code, output = finish(process)
-    assert code == trainer.EXIT_REQUEUE, output
+    assert code == EXIT_REQUEUE, output
     stopped_at = max(step_losses(out))
     assert 2 <= stopped_at < STEPS and not (out / "result.json").exists()
     assert (out / "checkpoints" / f"step{stopped_at:08d}" / "complete.json").is_file()
@@ -359,7 +363,7 @@ def killable_proxy(tiny_experiment):
     mixture = config.parent / "work" / "swarm" / "n1.json"
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "regmix_ds.cli", "proxy", "--config", str(config), "--mixture", str(mixture),
+        return [sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--mixture", str(mixture),
                 "--out", str(out)]
 
     reference = config.parent / "reference"
@@ -447,9 +451,7 @@ def test_kills_during_checkpoint_saves_leave_a_loadable_checkpoint_and_lose_noth
 
 
 def test_a_restart_drops_metrics_past_the_checkpoint_and_a_torn_last_line(tmp_path):
-    from regmix_ds.trainer import Reporter
-
     lines = ['{"step": 1, "loss": 5.0}', '{"step": 2, "valid_loss": {"news": 4.0}}', '{"step": 3, "loss": 4.5}']
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + '\n{"step": 4, "lo')
-    Reporter(tmp_path, is_main=True).restart_at(2)
+    MetricsFile(RunDir(tmp_path), is_main=True).restart_at(2)
     assert (tmp_path / "metrics.jsonl").read_text().splitlines() == lines[:2]

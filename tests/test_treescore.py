@@ -2,8 +2,8 @@ import lightgbm as lgb
 import numpy as np
 import pytest
 
-from regmix_ds.tables import Target, read_regmix_tables
-from regmix_ds.treescore import LeafBoxes, full_lowest_k, lowest_k
+from regmix_ds.regress.tables import Target, read_regmix_tables
+from regmix_ds.regress.treescore import LeafBoxes, full_lowest_k, lowest_k
 
 PARAMS = {"objective": "regression", "learning_rate": 0.05, "seed": 0, "deterministic": True,
           "force_row_wise": True, "num_threads": 1, "verbose": -1}

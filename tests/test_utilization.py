@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from regmix_ds.utilization import Utilization, measure_matmul_peak
+from regmix_ds.train.utilization import Utilization, measure_matmul_peak
 
 
 def test_the_probe_times_real_products_and_leaves_the_global_generator_alone():

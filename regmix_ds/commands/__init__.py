@@ -1,1 +1,2 @@
-"""One module per `regmix-ds` subcommand: argument parsing only, the work is in the stage modules."""
+"""`regmix-ds` and train.py: one module per command, argument parsing only; the work is in the
+packages below. The top of the import graph."""

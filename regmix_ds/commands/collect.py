@@ -17,13 +17,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from regmix_ds import collect, proxies
-    from regmix_ds.config import ExperimentConfig
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.pipeline import collect, proxies
 
     experiment = ExperimentConfig.load(args.config)
     collection = collect.collect(experiment, stale_seconds=args.stale_minutes * 60)
     counts = collection.counts()
-    print(" ".join(f"{status} {counts.get(status, 0)}" for status in collect.STATUSES), f"-> {experiment.results_path}")
+    print(" ".join(f"{status} {counts.get(status, 0)}" for status in collect.STATUSES), f"-> {experiment.work.results}")
     todo = collection.indices("failed", "missing")
     if todo:
         print("to train the failed and missing ones:", proxies.sbatch_line(experiment, todo, args.throttle))

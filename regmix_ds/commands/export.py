@@ -1,9 +1,9 @@
-"""`regmix-ds export`: the chosen mixture as another trainer's arguments (work in regmix_ds.export)."""
+"""`regmix-ds export`: the chosen mixture as another trainer's arguments (work in `data.export`)."""
 from __future__ import annotations
 
 import argparse
 
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.errors import RegmixError
 
 ORDER = 75
 
@@ -23,12 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.export import export
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.data.export import export
 
     experiment = ExperimentConfig.load(args.config) if args.config else None
-    mixture = args.mixture or (experiment.best_path if experiment else None)
-    manifest = args.manifest or (experiment.manifest_path if experiment else None)
+    mixture = args.mixture or (experiment.work.best if experiment else None)
+    manifest = args.manifest or (experiment.work.manifest if experiment else None)
     for flag, value in (("--mixture", mixture), ("--manifest", manifest)):
         if value is None:
             raise RegmixError(flag, "required without --config")

@@ -1,26 +1,13 @@
-"""`regmix-ds fit`: regression from mixture weights to a target loss (arguments only; work in regmix_ds.fit)."""
+"""`regmix-ds fit`: regression from mixture weights to a target loss (arguments only; work in `regress.fit`)."""
 from __future__ import annotations
 
 import argparse
 
-from regmix_ds.cli import add_setting_flags, flags_given, with_flags
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.config import FitConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.settings import add_flags, apply_flags, flags_given, named_by_flags
 
 ORDER = 60
-
-# Flag -> FitConfig field, with its help. Unset flags leave the exp.yaml fit: value (or default) alone.
-SETTINGS: dict[str, tuple[type, str]] = {
-    "target": (str, "loss to predict: a short name (pile_cc), a loss column, or a weighted sum pile_cc=0.7,github=0.3"),
-    "regressor": (str, "lightgbm (default) or linear (ordinary least squares)"),
-    "trees": (int, "most LightGBM trees; cross-validation in the training runs picks the count (default 1000)"),
-    "learning_rate": (float, "LightGBM learning rate (default 0.01)"),
-    "subsample": (float, "fraction of runs each tree sees, LightGBM bagging; 1.0 is RegMix's exact setting (default 0.8)"),
-    "min_data_in_leaf": (int, "fewest runs in a LightGBM leaf (default 20); lower it for small swarms"),
-    "folds": (int, "k of the k-fold cross-validation (default 5)"),
-    "early_stopping": (int, "trees without improvement of the mean fold loss before stopping (default 100)"),
-    "seed": (int, "seed of the folds and of LightGBM (default 0)"),
-    "threads": (int, "LightGBM training threads (default 1: the tables are tiny)"),
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,18 +27,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--eval-losses", metavar="CSV", help="held-out runs' losses (RegMix layout)")
     parser.add_argument("--eval-results", metavar="CSV", help="held-out runs as our results.csv")
     parser.add_argument("--out", metavar="DIR", help="output directory (default with --config: <work_dir>/fit)")
-    add_setting_flags(parser, SETTINGS)
+    add_flags(parser, FitConfig, overrides=True)
     parser.set_defaults(run=run)
 
 
 def _training_table(args: argparse.Namespace, experiment):
-    from regmix_ds.tables import read_regmix_tables, read_results
+    from regmix_ds.regress.tables import read_regmix_tables, read_results
 
     chosen = [flag for flag, on in (("--config", experiment), ("--results", args.results), ("--mixtures/--losses", args.mixtures or args.losses)) if on]
     if len(chosen) != 1:
         raise RegmixError("--results", f"give exactly one input: --results, --mixtures with --losses, or --config (got {', '.join(chosen) or 'none'})")
     if experiment is not None:
-        return read_results(experiment.results_path)
+        return read_results(experiment.work.results)
     if args.results:
         return read_results(args.results)
     if not (args.mixtures and args.losses):
@@ -60,7 +47,7 @@ def _training_table(args: argparse.Namespace, experiment):
 
 
 def _evaluation_table(args: argparse.Namespace):
-    from regmix_ds.tables import read_regmix_tables, read_results
+    from regmix_ds.regress.tables import read_regmix_tables, read_results
 
     if args.eval_results and (args.eval_mixtures or args.eval_losses):
         raise RegmixError("--eval-results", "give --eval-results or --eval-mixtures with --eval-losses, not both")
@@ -72,25 +59,27 @@ def _evaluation_table(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.config import ExperimentConfig, FitConfig
-    from regmix_ds.fit import fit
-    from regmix_ds.tables import Target
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.regress.fit import fit
+    from regmix_ds.regress.tables import Target
 
     experiment = ExperimentConfig.load(args.config) if args.config else None
-    settings = with_flags(experiment.fit if experiment else FitConfig(), flags_given(args, SETTINGS), "fit.")
-    out = args.out or (experiment.fit_dir if experiment else None)
+    given, file = flags_given(args, FitConfig), experiment.path if experiment else ""
+    out = args.out or (experiment.work.fit.path if experiment else None)
     if out is None:
         raise RegmixError("--out", "required without --config")
-    if not settings.target:
-        raise RegmixError("--target", "required (or fit.target in the config)")
-    target = Target.parse(settings.target)
-    table = _training_table(args, experiment)
-    report = fit(table, target, settings, out, evaluation=_evaluation_table(args))
+    with named_by_flags(FitConfig, given, file):
+        settings = apply_flags(FitConfig, given, experiment.fit if experiment else None, file)
+        if not settings.target:
+            raise RegmixError("--target", "required (or fit.target in the config)")
+        target = Target.parse(settings.target)
+        table = _training_table(args, experiment)
+        report = fit(table, target, settings, out, evaluation=_evaluation_table(args))
     print(_summary(report, out))
 
 
 def _summary(report: dict, out) -> str:
-    from regmix_ds.fit import format_quality
+    from regmix_ds.regress.fit import format_quality
 
     label = report["target"]
     lines = [f"{out}: {report['regressor']} on {report['runs']} runs, target {label}"

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.fit import predict_file
+    from regmix_ds.regress.fit import predict_file
 
     count = predict_file(args.model, args.mixtures, args.out)
     print(f"{args.out}: {count} predictions")

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.prepare import prepare
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.data.prepare import prepare
 
     manifest = prepare(ExperimentConfig.load(args.config), train_tokenizer=args.train_tokenizer, force=args.force)
     total = sum(split.tokens for split in manifest.train.values())

@@ -27,21 +27,23 @@ def run(args) -> int:
     import os
     from pathlib import Path
 
-    from regmix_ds import engine, proxies
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.errors import RegmixError
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.core.errors import RegmixError
+    from regmix_ds.core.layout import RunDir
+    from regmix_ds.pipeline import proxies
+    from regmix_ds.train import engine
 
     experiment = ExperimentConfig.load(args.config)
     if (args.mixture is None) != (args.out is None):
         raise RegmixError("--mixture", "--mixture and --out go together")
     if args.mixture is not None:
-        code = proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), Path(args.out)))
+        code = proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), RunDir(Path(args.out))))
     elif args.indices is not None:
-        code = proxies.train_group(experiment, proxies.parse_ranges(args.indices, "--indices"))
+        code = proxies.train_members(experiment, proxies.parse_ranges(args.indices, "--indices"))
     else:
         index = args.index if args.index is not None else task_index(args.task, os.environ)
         if args.index is None and proxies.group_size(experiment) > 1:
-            code = proxies.train_group(experiment, proxies.task_indices(experiment, index))
+            code = proxies.train_members(experiment, proxies.task_indices(experiment, index))
         else:
             code = proxies.train_proxy(proxies.train_config(experiment, index))
     # Leave through the engine: it tears the process group down without gloo's exit crash.
@@ -49,7 +51,7 @@ def run(args) -> int:
 
 
 def task_index(task: int | None, environ) -> int:
-    from regmix_ds.errors import RegmixError
+    from regmix_ds.core.errors import RegmixError
 
     if task is not None:
         return task

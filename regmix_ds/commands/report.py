@@ -1,9 +1,9 @@
-"""`regmix-ds report`: PNG plots of a fit and of the chosen mixture (work in regmix_ds.report)."""
+"""`regmix-ds report`: PNG plots of a fit and of the chosen mixture (work in `regress.report`)."""
 from __future__ import annotations
 
 import argparse
 
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.errors import RegmixError
 
 ORDER = 80
 
@@ -24,15 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.report import report
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.regress.report import report
 
     experiment = ExperimentConfig.load(args.config) if args.config else None
-    model = args.model or (experiment.fit_dir if experiment else None)
-    out = args.out or (experiment.root / "report" if experiment else None)
+    model = args.model or (experiment.work.fit.path if experiment else None)
+    out = args.out or (experiment.work.report if experiment else None)
     best = args.best
-    if best is None and experiment is not None and experiment.best_path.exists():
-        best = experiment.best_path
+    if best is None and experiment is not None and experiment.work.best.exists():
+        best = experiment.work.best
     for flag, value in (("--model", model), ("--out", out)):
         if value is None:
             raise RegmixError(flag, "required without --config")

@@ -16,11 +16,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from regmix_ds import proxies
-    from regmix_ds.config import ExperimentConfig
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.pipeline import proxies
 
     indices = proxies.parse_ranges(args.indices, "--indices") if args.indices else None
-    failed = proxies.run_swarm(ExperimentConfig.load(args.config), indices, args.jobs)
+    failed = proxies.train_swarm(ExperimentConfig.load(args.config), indices, args.jobs)
     if failed:
         print(f"run-swarm: {len(failed)} proxies failed: {proxies.format_ranges(failed)}")
         return 1

@@ -1,26 +1,13 @@
-"""`regmix-ds simulate`: choose the mixture from millions of scored candidates (work in regmix_ds.simulate)."""
+"""`regmix-ds simulate`: choose the mixture from millions of scored candidates (work in `regress.simulate`)."""
 from __future__ import annotations
 
 import argparse
 
-from regmix_ds.cli import add_setting_flags, flags_given, with_flags
-from regmix_ds.errors import RegmixError
+from regmix_ds.core.config import SimulateConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.settings import add_flags, apply_flags, flags_given, named_by_flags
 
 ORDER = 70
-
-# Flag -> SimulateConfig field, with its help. Unset flags leave the exp.yaml simulate: value (or default) alone.
-SETTINGS: dict[str, tuple[type, str]] = {
-    "candidates": (int, "candidates drawn before the support filter (default 1000000)"),
-    "strength_min": (float, "smallest Dirichlet strength (default 0.1: near one-domain mixtures)"),
-    "strength_max": (float, "largest Dirichlet strength (default 5: mixtures near the prior)"),
-    "strengths": (int, "log-spaced strengths between the two; candidates split evenly (default 15)"),
-    "top_k": (int, "best candidates averaged into the mixture (default 128)"),
-    "bootstrap": (int, "refits on resampled proxy runs for the intervals; 0: none (default 20)"),
-    "confidence": (float, "coverage of the percentile intervals (default 0.95)"),
-    "seed": (int, "seed of the candidates and of the bootstrap resamples (default 0)"),
-    "max_epochs": (float, "with --target-tokens and a manifest: passes over a domain's tokens allowed"),
-    "target_tokens": (int, "tokens the target model trains on (turns on the token budget)"),
-}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -40,34 +27,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prior", metavar="FILE", help="prior, YAML/JSON domain -> share (flat or under train:); "
                         "default: the manifest's token shares, else the mean training mixture")
     parser.add_argument("--manifest", metavar="JSON", help="manifest.json: token prior and per-domain token counts")
-    parser.add_argument("--max-weight", metavar="D=W,...", help="explicit caps, e.g. pile_cc=0.9,github=0.2; "
-                        "each replaces that domain's largest training weight")
     parser.add_argument("--deepspeed-config", metavar="JSON", help="DeepSpeed (ZeRO-3) config to copy the mixture into")
     parser.add_argument("--out-config", metavar="JSON", help="where to write that copy (with --deepspeed-config)")
-    add_setting_flags(parser, SETTINGS)
+    add_flags(parser, SimulateConfig, overrides=True)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.config import ExperimentConfig, SimulateConfig
-    from regmix_ds.simulate import run_simulate
-    from regmix_ds.tables import parse_pairs
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.regress.simulate import run_simulate
 
     experiment = ExperimentConfig.load(args.config) if args.config else None
-    given = flags_given(args, SETTINGS)
-    if args.max_weight is not None:
-        given["max_weight"] = dict(parse_pairs(args.max_weight, "--max-weight"))
-    settings = with_flags(experiment.simulate if experiment else SimulateConfig(), given, "simulate.")
-    model = args.model or (experiment.fit_dir if experiment else None)
-    out = args.out or (experiment.best_path if experiment else None)
+    given, file = flags_given(args, SimulateConfig), experiment.path if experiment else ""
+    model = args.model or (experiment.work.fit.path if experiment else None)
+    out = args.out or (experiment.work.best if experiment else None)
     for flag, value in (("--model", model), ("--out", out)):
         if value is None:
             raise RegmixError(flag, "required without --config")
     manifest = args.manifest
-    if manifest is None and experiment is not None and experiment.manifest_path.exists():
-        manifest = experiment.manifest_path
-    result = run_simulate(model, out, settings, prior_path=args.prior, manifest_path=manifest,
-                          deepspeed_config=args.deepspeed_config, out_config=args.out_config)
+    if manifest is None and experiment is not None and experiment.work.manifest.exists():
+        manifest = experiment.work.manifest
+    with named_by_flags(SimulateConfig, given, file):
+        settings = apply_flags(SimulateConfig, given, experiment.simulate if experiment else None, file)
+        result = run_simulate(model, out, settings, prior_path=args.prior, manifest_path=manifest,
+                              deepspeed_config=args.deepspeed_config, out_config=args.out_config)
     top = sorted(result.mixture.weights.items(), key=lambda item: -item[1])[:5]
     interval = "" if result.predicted_interval is None else " [{:.4g}, {:.4g}]".format(*result.predicted_interval)
     print(f"{out}: predicted target {result.predicted:.4g}{interval}; "

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 ORDER = 10
 
 
@@ -36,8 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    from regmix_ds.synth import SynthSettings, synthesize
-    from regmix_ds.tables import parse_pairs
+    from regmix_ds.core.settings import parse_pairs
+    from regmix_ds.data.synth import SynthSettings, synthesize
 
     settings = SynthSettings(
         seed=args.seed,

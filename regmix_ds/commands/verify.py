@@ -20,10 +20,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    from regmix_ds.config import ExperimentConfig
-    from regmix_ds.verify import verify
+    from regmix_ds.core.config import ExperimentConfig
+    from regmix_ds.pipeline.verify import verify
 
     experiment = ExperimentConfig.load(args.config)
-    out = Path(args.out) if args.out else experiment.root / "report"
+    out = Path(args.out) if args.out else experiment.work.report
     verify(experiment, out, Path(args.reference) if args.reference else None, args.jobs)
     return 0

@@ -1,0 +1,171 @@
+"""Where every file of an experiment lives: the one module that spells the work-dir layout.
+
+    <work_dir>/
+      data/            manifest.json, <domain>_{train,valid}.bin/.idx, <domain>.prepared.json
+      swarm/           n<i>.json (i = 1..N), swarm.csv, settings.json
+      proxies/         n<i>/ (a run directory each), group-<i>.log
+      results.csv      one row per swarm member (collect)
+      fit/             model.json, model.txt, fit_report.json, cv_predictions.csv
+      best.json        the chosen mixture (simulate)
+      verify/          <name>-<hash>.json and <name>-<hash>/ (a run directory each)
+      report/          summary.md, verify.json, *.png
+
+    a run directory:   run.json, metrics.jsonl, checkpoints/, hf/, result.json (written last),
+                       failed.json (a failed attempt), proxy.log (when a local runner started it)
+
+Every other module asks these classes for paths instead of spelling them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MIXTURE_FILE = re.compile(r"n(\d+)\.json")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """One training run's directory (a proxy, a verification run, the target run)."""
+
+    path: Path
+
+    @property
+    def result(self) -> Path:
+        """Written last, atomically: its presence means the run is complete."""
+        return self.path / "result.json"
+
+    @property
+    def failed(self) -> Path:
+        """Left by an attempt that ended in an error, for `collect`; the next attempt removes it."""
+        return self.path / "failed.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def run_record(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def hf(self) -> Path:
+        return self.path / "hf"
+
+    @property
+    def log(self) -> Path:
+        """Output of a run started by a local runner (`run-swarm`, `verify`)."""
+        return self.path / "proxy.log"
+
+    def is_done(self) -> bool:
+        return self.result.is_file()
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """The prepared corpus: token shards, per-domain stamps and the manifest."""
+
+    path: Path
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / "manifest.json"
+
+    def prefix(self, name: str, split: str) -> Path:
+        """The Megatron prefix (`<prefix>.bin` + `<prefix>.idx`) of one split of one domain."""
+        return self.path / f"{name}_{split}"
+
+    def stamp(self, name: str) -> Path:
+        """What a domain's shards were built from (`prepare` skips a domain whose stamp matches)."""
+        return self.path / f"{name}.prepared.json"
+
+
+@dataclass(frozen=True)
+class FitDir:
+    """The output of `regmix-ds fit`."""
+
+    path: Path
+
+    @property
+    def sidecar(self) -> Path:
+        return self.path / "model.json"
+
+    @property
+    def booster(self) -> Path:
+        return self.path / "model.txt"
+
+    @property
+    def report(self) -> Path:
+        return self.path / "fit_report.json"
+
+    @property
+    def cv_predictions(self) -> Path:
+        return self.path / "cv_predictions.csv"
+
+
+@dataclass(frozen=True)
+class WorkDir:
+    """An experiment's `work_dir`."""
+
+    root: Path
+
+    @property
+    def data(self) -> DataDir:
+        return DataDir(self.root / "data")
+
+    @property
+    def manifest(self) -> Path:
+        return self.data.manifest
+
+    @property
+    def swarm(self) -> Path:
+        return self.root / "swarm"
+
+    def mixture(self, index: int) -> Path:
+        """Swarm member `index`'s mixture (RegMix numbers its proxies from 1)."""
+        return self.swarm / f"n{index}.json"
+
+    def mixture_indices(self) -> list[int]:
+        """The indices of the swarm's `n<i>.json` files, ascending (empty if there is no swarm)."""
+        if not self.swarm.is_dir():
+            return []
+        return sorted(int(m.group(1)) for p in self.swarm.iterdir() if (m := MIXTURE_FILE.fullmatch(p.name)))
+
+    @property
+    def proxies(self) -> Path:
+        return self.root / "proxies"
+
+    def proxy(self, index: int) -> RunDir:
+        return RunDir(self.proxies / f"n{index}")
+
+    def group_log(self, first: int) -> Path:
+        """Output of the local job that trains the group starting at swarm index `first`."""
+        return self.proxies / f"group-{first}.log"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def fit(self) -> FitDir:
+        return FitDir(self.root / "fit")
+
+    @property
+    def best(self) -> Path:
+        return self.root / "best.json"
+
+    @property
+    def verify(self) -> Path:
+        return self.root / "verify"
+
+    def verify_run(self, name: str, mixture_hash: str) -> RunDir:
+        """A verification run, keyed by its mixture's content: a new best.json gets a new run."""
+        return RunDir(self.verify / f"{name}-{mixture_hash}")
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

@@ -1,0 +1,270 @@
+"""Megatron-core indexed datasets: `<prefix>.bin` (token ids) + `<prefix>.idx` (where each document is).
+
+The format is Megatron-LM's (`megatron/core/datasets/indexed_dataset.py`), so shards written
+here train under Megatron and shards from its `preprocess_data.py` train here:
+
+    .idx  b"MMIDIDX\\x00\\x00"            9-byte magic
+          uint64 version = 1
+          uint8  dtype code             (see DTYPE_CODES)
+          uint64 sequence count S
+          uint64 document-index count D + 1
+          int32[S]   sequence lengths   (tokens)
+          int64[S]   sequence pointers  (byte offsets into .bin)
+          int64[D+1] document indices   (first sequence of each document, then S)
+    .bin  every sequence's tokens, back to back, in the dtype
+
+We write one sequence per document (document indices 0, 1, ..., S); Megatron files made with
+`--split-sentences` have several sequences per document, and a document is then the
+concatenation of its sequences.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import numpy as np
+
+from regmix_ds.core.errors import RegmixError
+
+MAGIC = b"MMIDIDX\x00\x00"
+VERSION = 1
+HEADER = struct.Struct("<9sQBQQ")
+DTYPE_CODES: dict[int, np.dtype] = {
+    1: np.dtype(np.uint8),
+    2: np.dtype(np.int8),
+    3: np.dtype(np.int16),
+    4: np.dtype(np.int32),
+    5: np.dtype(np.int64),
+    6: np.dtype(np.float64),
+    7: np.dtype(np.float32),
+    8: np.dtype(np.uint16),
+}
+CODE_OF_DTYPE = {dtype: code for code, dtype in DTYPE_CODES.items()}
+# Megatron's own threshold (DType.optimal_dtype), kept so our shards match its choice exactly.
+UINT16_VOCAB_LIMIT = 65500
+
+
+def dtype_for_vocab(vocab_size: int) -> np.dtype:
+    """uint16 when every token id fits (vocabulary below 65,500, as Megatron decides), else int32."""
+    return np.dtype(np.uint16) if vocab_size < UINT16_VOCAB_LIMIT else np.dtype(np.int32)
+
+
+def paths_of(prefix: str | os.PathLike) -> tuple[Path, Path]:
+    """The (.bin, .idx) pair of a Megatron prefix."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + ".bin"), prefix.with_name(prefix.name + ".idx")
+
+
+class IndexedWriter:
+    """Write one indexed dataset; nothing appears under `prefix` unless the `with` block succeeds.
+
+    Tokens stream into a temporary .bin beside the target; on success the .idx is written to a
+    temporary file too, any old .idx is removed first, then .bin and .idx are renamed into
+    place. At every instant the prefix holds the old complete pair, the new complete pair, or
+    no .idx at all, which readers (and `prepare`'s skip check) treat as not there.
+    """
+
+    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in CODE_OF_DTYPE:
+            raise RegmixError(prefix, f"dtype {self.dtype} has no Megatron dtype code")
+        self.bin_path, self.idx_path = paths_of(prefix)
+        self._lengths: list[np.ndarray] = []
+        self.num_tokens = 0
+        self.num_documents = 0
+        self._bin = None
+        self._bin_tmp = ""
+
+    def __enter__(self) -> IndexedWriter:
+        self.bin_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, self._bin_tmp = tempfile.mkstemp(dir=self.bin_path.parent, prefix=f".{self.bin_path.name}.", suffix=".tmp")
+        self._bin = os.fdopen(fd, "wb")
+        return self
+
+    def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
+        """Append one document (one Megatron sequence)."""
+        tokens = np.asarray(tokens)
+        self.add_documents(tokens, np.array([tokens.size], dtype=np.int64))
+
+    def add_documents(self, flat_tokens: np.ndarray, lengths: np.ndarray) -> None:
+        """Append many documents at once: their tokens back to back, and each one's length."""
+        flat_tokens = np.asarray(flat_tokens)
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if int(lengths.sum()) != flat_tokens.size:
+            raise ValueError(f"lengths sum to {int(lengths.sum())} but {flat_tokens.size} tokens were given")
+        if lengths.size and int(lengths.max()) > np.iinfo(np.int32).max:
+            raise RegmixError(self.bin_path, "a document is longer than 2**31-1 tokens (int32 lengths)")
+        _check_fits(flat_tokens, self.dtype, self.bin_path)
+        flat_tokens.astype(self.dtype, copy=False).tofile(self._bin)
+        self._lengths.append(lengths)
+        self.num_tokens += flat_tokens.size
+        self.num_documents += lengths.size
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._bin.close()
+        if exc_type is not None:
+            os.unlink(self._bin_tmp)
+            return
+        try:
+            lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+            idx_tmp = self._write_index(lengths)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.idx_path)
+            os.replace(self._bin_tmp, self.bin_path)
+            os.replace(idx_tmp, self.idx_path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._bin_tmp)
+            raise
+
+    def _write_index(self, lengths: np.ndarray) -> str:
+        count = lengths.size
+        pointers = np.zeros(count, dtype=np.int64)
+        np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
+        document_indices = np.arange(count + 1, dtype=np.int64)
+        fd, idx_tmp = tempfile.mkstemp(dir=self.idx_path.parent, prefix=f".{self.idx_path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], count, count + 1))
+                handle.write(lengths.astype(np.int32).tobytes())
+                handle.write(pointers.tobytes())
+                handle.write(document_indices.tobytes())
+                handle.flush()
+                os.fsync(handle.fileno())
+        except BaseException:
+            os.unlink(idx_tmp)
+            raise
+        return idx_tmp
+
+
+def write_indexed(prefix: str | os.PathLike, documents: Iterable[Sequence[int] | np.ndarray], dtype: np.dtype | type) -> None:
+    """Write `documents` (one token sequence each) as `<prefix>.bin/.idx`, atomically."""
+    with IndexedWriter(prefix, dtype) as writer:
+        for document in documents:
+            writer.add_document(document)
+
+
+def _check_fits(tokens: np.ndarray, dtype: np.dtype, where: Path) -> None:
+    if tokens.size == 0 or tokens.dtype == dtype or dtype.kind == "f":
+        return
+    info = np.iinfo(dtype)
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < info.min or high > info.max:
+        raise RegmixError(where, f"token id {high if high > info.max else low} does not fit in {dtype}")
+
+
+class IndexedDataset:
+    """A read-only, memory-mapped view of `<prefix>.bin/.idx` (ours or Megatron-LM's).
+
+    Opening checks the whole index against the .bin (magic, version, dtype, sizes, that
+    sequences tile the .bin in order), so a truncated or inconsistent shard fails here, with
+    its path, rather than as garbage tokens mid-training.
+    """
+
+    def __init__(self, prefix: str | os.PathLike):
+        self.prefix = Path(prefix)
+        self.bin_path, self.idx_path = paths_of(prefix)
+        self.dtype, lengths, pointers, document_indices = _read_index(self.idx_path)
+        self.sequence_lengths = lengths
+        self.document_indices = document_indices
+        expected_bytes = int(lengths.sum(dtype=np.int64)) * self.dtype.itemsize
+        _check_sequences_tile_bin(self.bin_path, self.idx_path, lengths, pointers, self.dtype, expected_bytes)
+        self.tokens = _map_tokens(self.bin_path, self.dtype)
+        """All documents' tokens back to back (EOS included): the packed stream the sampler draws from."""
+        token_starts = np.zeros(lengths.size + 1, dtype=np.int64)
+        np.cumsum(lengths, out=token_starts[1:])
+        self._document_starts = token_starts[document_indices]
+
+    def __len__(self) -> int:
+        """The number of documents."""
+        return self.document_indices.size - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        """Document `i`'s tokens (a view into the memory map)."""
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"document {i} out of range for {len(self)} documents in {self.idx_path}")
+        i %= len(self)
+        return self.tokens[self._document_starts[i] : self._document_starts[i + 1]]
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.size)
+
+    @property
+    def document_lengths(self) -> np.ndarray:
+        """Tokens in each document (int64)."""
+        return np.diff(self._document_starts)
+
+
+def _read_index(idx_path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
+    try:
+        size = idx_path.stat().st_size
+        # Mapped, not read: the index of a large corpus is gigabytes and every rank opens it.
+        raw = np.memmap(idx_path, dtype=np.uint8, mode="r") if size >= HEADER.size else None
+    except FileNotFoundError:
+        raise RegmixError(idx_path, "index file not found") from None
+    except OSError as err:
+        raise RegmixError(idx_path, f"cannot read ({err.strerror})") from None
+    if raw is None:
+        raise RegmixError(idx_path, f"truncated index: {size} bytes, header alone is {HEADER.size}")
+    magic, version, code, sequences, documents = HEADER.unpack(raw[: HEADER.size].tobytes())
+    if magic != MAGIC:
+        raise RegmixError(idx_path, f"not a Megatron index (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise RegmixError(idx_path, f"unsupported index version {version} (expected {VERSION})")
+    if code not in DTYPE_CODES:
+        raise RegmixError(idx_path, f"unknown dtype code {code}")
+    expected = HEADER.size + 12 * sequences + 8 * documents
+    if raw.size != expected:
+        problem = "truncated" if raw.size < expected else "trailing bytes in"
+        raise RegmixError(idx_path, f"{problem} index: {raw.size} bytes, header promises {expected}")
+    if documents < 1:
+        raise RegmixError(idx_path, "document index is empty (expected at least the leading 0)")
+    body = raw[HEADER.size :]
+    lengths = body[: 4 * sequences].view(np.int32)
+    pointers = body[4 * sequences : 12 * sequences].view(np.int64)
+    document_indices = body[12 * sequences :].view(np.int64)
+    _check_document_indices(idx_path, document_indices, sequences)
+    if lengths.size and int(lengths.min()) < 0:
+        raise RegmixError(idx_path, "inconsistent index: negative sequence length")
+    return DTYPE_CODES[code], lengths, pointers, document_indices
+
+
+def _check_document_indices(idx_path: Path, document_indices: np.ndarray, sequences: int) -> None:
+    if document_indices[0] != 0 or document_indices[-1] != sequences:
+        raise RegmixError(
+            idx_path,
+            f"inconsistent index: document indices run {document_indices[0]}..{document_indices[-1]}, "
+            f"expected 0..{sequences}",
+        )
+    if np.any(np.diff(document_indices) < 0):
+        raise RegmixError(idx_path, "inconsistent index: document indices decrease")
+
+
+def _check_sequences_tile_bin(
+    bin_path: Path, idx_path: Path, lengths: np.ndarray, pointers: np.ndarray, dtype: np.dtype, expected_bytes: int
+) -> None:
+    byte_lengths = lengths.astype(np.int64) * dtype.itemsize
+    starts = np.zeros(lengths.size, dtype=np.int64)
+    np.cumsum(byte_lengths[:-1], out=starts[1:])
+    if not np.array_equal(starts, pointers):
+        raise RegmixError(idx_path, "inconsistent index: sequence pointers do not follow the sequence lengths")
+    try:
+        actual = bin_path.stat().st_size
+    except FileNotFoundError:
+        raise RegmixError(bin_path, "data file not found (its .idx exists)") from None
+    if actual != expected_bytes:
+        problem = "truncated" if actual < expected_bytes else "longer than its index says"
+        raise RegmixError(bin_path, f"{problem}: {actual} bytes, {idx_path.name} promises {expected_bytes}")
+
+
+def _map_tokens(bin_path: Path, dtype: np.dtype) -> np.ndarray:
+    # np.memmap refuses empty files; an empty shard is still a valid (if useless) dataset.
+    if bin_path.stat().st_size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(bin_path, dtype=dtype, mode="r")

@@ -1,0 +1,384 @@
+"""`regmix-ds prepare`: raw text per domain -> Megatron token shards + `manifest.json`.
+
+Order of work, chosen so a bad input never leaves anything behind:
+  1. resolve every domain's files and the tokenizer (missing, empty or unknown files fail here);
+  2. load every domain that needs (re)building into a temporary `datasets` cache and check it
+     (text field present and textual, some non-empty documents, enough for the valid split);
+  3. only then write: train the tokenizer if asked, tokenize with `datasets.map(batched,
+     num_proc)`, write each domain's shards atomically, then its stamp, and the manifest last.
+
+A domain is skipped when its stamp (`data/<name>.prepared.json`) records the same inputs hash
+(input files' paths, sizes and mtimes, text field, split settings, tokenizer fingerprint) and
+its shards open cleanly. Shards are renamed into place whole; the stamp is written after them
+and the manifest after every stamp, and an old manifest is removed before any shard it
+describes is replaced, so a half-written domain never looks done.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from regmix_ds.core.config import DomainSource, ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.layout import DataDir
+from regmix_ds.core.manifest import Manifest, Split
+from regmix_ds.data import tokenizer as tok
+from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
+
+# `datasets` must never reach for the hub: set before it is first imported (lazily, below).
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+STAMP_FORMAT = "regmix-ds/prepared-1"
+BUILDERS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".parquet": "parquet", ".txt": "text"}
+MAP_BATCH_DOCUMENTS = 1000
+# A worker pool costs ~0.4 s to start, while one process already tokenizes on every core (the
+# Rust tokenizer's own threads): only a source big enough to give each worker this many
+# batches gets a pool.
+MIN_BATCHES_PER_WORKER = 8
+WRITE_BLOCK_TOKENS = 1 << 24
+
+
+@dataclass(frozen=True)
+class Source:
+    """One domain (or target set) resolved to concrete input files."""
+
+    name: str
+    is_target: bool
+    files: tuple[Path, ...]
+    builder: str
+    """A `datasets` builder (json, parquet, text) or `disk` for a `save_to_disk` directory."""
+    text_field: str
+
+    @property
+    def where(self) -> str:
+        """What an error about the whole source names: its file when it has one, else its config key."""
+        section = "targets" if self.is_target else "domains"
+        return str(self.files[0]) if len(self.files) == 1 else f"data.{section}.{self.name}"
+
+
+def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: bool = False) -> Manifest:
+    """Tokenize every configured domain and target set; return the written manifest."""
+    data = config.data
+    data_dir = config.work.data
+    sources = resolve_sources(config)
+    tokenizer_dir = config.resolve(data.tokenizer)
+    if train_tokenizer:
+        tok.check_can_train_into(tokenizer_dir, "data.tokenizer")
+    corpus_hash = _corpus_hash(sources, config)
+    must_train = train_tokenizer and (force or not tok.trained_tokenizer_is_current(tokenizer_dir, corpus_hash, data.vocab_size))
+    tokenizer = None if must_train else tok.load_tokenizer(data.tokenizer, tokenizer_dir, "data.tokenizer")
+    with tempfile.TemporaryDirectory(prefix="regmix-prepare-") as cache:
+        pending = [s for s in sources if must_train or force or not _is_current(s, data_dir, config, tokenizer)]
+        raw = {s.name: load_raw(s, Path(cache), None if s.is_target else data.valid_documents) for s in pending}
+        if must_train:
+            texts = training_texts(raw, sources)
+            tok.train_tokenizer(texts, data.vocab_size, tokenizer_dir, corpus_hash)
+            tokenizer = tok.load_tokenizer(data.tokenizer, tokenizer_dir, "data.tokenizer")
+            pending = [s for s in pending if force or not _is_current(s, data_dir, config, tokenizer)]
+        if pending:
+            _remove_manifest(data_dir)
+        for source in pending:
+            build_source(source, raw[source.name], tokenizer, config, Path(cache))
+    return save_manifest(sources, data_dir, config, tokenizer)
+
+
+def resolve_sources(config: ExperimentConfig) -> list[Source]:
+    """Every domain, then every target set, with its files checked to exist and be readable kinds."""
+    data = config.data
+    entries = [(name, spec, False) for name, spec in data.domains.items()]
+    entries += [(name, spec, True) for name, spec in data.targets.items()]
+    return [_resolve_source(name, spec, is_target, config) for name, spec, is_target in entries]
+
+
+def _resolve_source(name: str, spec: DomainSource, is_target: bool, config: ExperimentConfig) -> Source:
+    where = f"data.{'targets' if is_target else 'domains'}.{name}.paths"
+    if not spec.paths:
+        raise RegmixError(where, "no input files listed")
+    files = tuple(config.resolve(path) for path in spec.paths)
+    builders = {_builder_of(path) for path in files}
+    if len(builders) > 1:
+        raise RegmixError(where, f"mixes input kinds ({', '.join(sorted(builders))}); use one kind per domain")
+    (builder,) = builders
+    if builder == "disk" and len(files) > 1:
+        raise RegmixError(where, "a saved dataset directory must be the domain's only input")
+    return Source(name, is_target, files, builder, "text" if builder == "text" else spec.text_field)
+
+
+def _builder_of(path: Path) -> str:
+    if path.is_dir():
+        if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+            raise RegmixError(path, "directory is not a saved Hugging Face dataset (no dataset_info.json)")
+        return "disk"
+    if not path.exists():
+        raise RegmixError(path, "input file not found")
+    suffix = next((s for s in BUILDERS if path.name.endswith(s)), None)
+    if suffix is None:
+        raise RegmixError(path, f"unknown input kind; expected one of {', '.join(BUILDERS)} or a saved dataset directory")
+    if path.stat().st_size == 0:
+        raise RegmixError(path, "empty file: no documents")
+    return BUILDERS[suffix]
+
+
+def load_raw(source: Source, cache: Path, valid_documents: int | None) -> Any:
+    """The source as a `datasets.Dataset`, checked: text field present and textual, enough documents."""
+    dataset = _load_dataset(source, cache)
+    if source.text_field not in dataset.column_names:
+        fields = ", ".join(dataset.column_names) or "none"
+        raise RegmixError(source.where, f"no text field {source.text_field!r} (fields: {fields})")
+    feature = dataset.features[source.text_field]
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        raise RegmixError(source.where, f"field {source.text_field!r} holds {feature}, not text")
+    documents = _count_nonempty(dataset, source.text_field)
+    if documents == 0:
+        raise RegmixError(source.where, f"no text: all {len(dataset)} documents are empty" if len(dataset) else "no documents")
+    if valid_documents is not None and documents <= valid_documents:
+        raise RegmixError(
+            source.where,
+            f"{documents} non-empty documents leave none for training after data.valid_documents={valid_documents}",
+        )
+    return dataset
+
+
+def _load_dataset(source: Source, cache: Path) -> Any:
+    import datasets
+
+    try:
+        if source.builder == "disk":
+            loaded = datasets.load_from_disk(str(source.files[0]))
+            return _single_split(loaded, source)
+        files = [str(path) for path in source.files]
+        return datasets.load_dataset(source.builder, data_files=files, split="train", cache_dir=str(cache))
+    except Exception as err:  # datasets raises many kinds; the user needs the file and the cause
+        raise RegmixError(source.where, f"cannot read ({_root_cause(err)})") from None
+
+
+def _single_split(loaded: Any, source: Source) -> Any:
+    if not hasattr(loaded, "keys"):
+        return loaded
+    if "train" in loaded:
+        return loaded["train"]
+    raise RegmixError(source.where, f"saved DatasetDict has no 'train' split (splits: {', '.join(loaded)})")
+
+
+def _root_cause(err: BaseException) -> str:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    message = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {message[0]}" if message else type(err).__name__
+
+
+def _nonempty_mask(texts: Any) -> Any:
+    """Documents with any non-whitespace text; nulls count as empty. One rule for counting and tokenizing."""
+    import pyarrow.compute as pc
+
+    return pc.fill_null(pc.greater(pc.utf8_length(pc.utf8_trim_whitespace(texts)), 0), False)
+
+
+def _count_nonempty(dataset: Any, field: str) -> int:
+    import pyarrow.compute as pc
+
+    column = dataset.data.column(field)
+    return int(pc.sum(_nonempty_mask(column)).as_py() or 0)
+
+
+def training_texts(raw: Mapping[str, Any], sources: list[Source]) -> Iterator[str]:
+    """Every non-empty document of the training domains (not the targets), for tokenizer training."""
+    for source in sources:
+        if not source.is_target:
+            for batch in raw[source.name].data.column(source.text_field).chunks:
+                yield from batch.filter(_nonempty_mask(batch)).to_pylist()
+
+
+class TokenizeBatch:
+    """`datasets.map` function: a batch of documents -> token ids with EOS appended, as Arrow.
+
+    It calls the fast tokenizer's batch API once per batch and builds the Arrow list column
+    from one flat numpy array: pyarrow's own conversion of nested Python lists is ~30x slower
+    than `np.fromiter` and would cost more than the tokenizer itself.
+    """
+
+    def __init__(self, tokenizer: Any, field: str, dtype: np.dtype):
+        self.tokenizer = tokenizer
+        self.field = field
+        self.dtype = dtype
+        self.eos = int(tokenizer.eos_token_id)
+
+    def __call__(self, batch: Any) -> Any:
+        import itertools
+
+        import pyarrow as pa
+
+        column = batch.column(self.field)
+        texts = column.filter(_nonempty_mask(column)).to_pylist()
+        ids = self.tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+        for document in ids:
+            document.append(self.eos)
+        offsets = np.zeros(len(ids) + 1, dtype=np.int32)
+        np.cumsum([len(document) for document in ids], out=offsets[1:])
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(offsets[-1]))
+        return pa.table({"input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat))})
+
+
+def tokenize(dataset: Any, source: Source, tokenizer: Any, num_proc: int, cache: Path) -> Any:
+    """Tokenize one source with `datasets.map(batched=True, num_proc=...)`; empty documents are dropped."""
+    dtype = dtype_for_vocab(len(tokenizer))
+    workers = map_workers(len(dataset), num_proc)
+    with _tokenizer_threads(workers):
+        return dataset.with_format("arrow").map(
+            TokenizeBatch(tokenizer, source.text_field, dtype),
+            batched=True,
+            batch_size=MAP_BATCH_DOCUMENTS,
+            num_proc=workers if workers > 1 else None,
+            remove_columns=dataset.column_names,
+            cache_file_name=str(cache / f"{source.name}.tokens.arrow"),
+            load_from_cache_file=False,
+            new_fingerprint=f"regmix-tokenize-{source.name}",
+            desc=f"tokenize {source.name}",
+        )
+
+
+def map_workers(documents: int, num_proc: int) -> int:
+    """Up to `num_proc` map processes, each with at least MIN_BATCHES_PER_WORKER batches."""
+    return max(1, min(num_proc, documents // (MIN_BATCHES_PER_WORKER * MAP_BATCH_DOCUMENTS)))
+
+
+@contextlib.contextmanager
+def _tokenizer_threads(workers: int) -> Iterator[None]:
+    """With several map workers, each tokenizes on one thread: they already fill the cores."""
+    if workers == 1:
+        yield
+        return
+    previous = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = previous
+
+
+def build_source(source: Source, raw: Any, tokenizer: Any, config: ExperimentConfig, cache: Path) -> None:
+    """Tokenize one source, write its shards (train+valid, or valid only for a target), then its stamp."""
+    data_dir = config.work.data
+    tokens = tokenize(raw, source, tokenizer, config.data.num_proc, cache)
+    dtype = dtype_for_vocab(len(tokenizer))
+    documents = len(tokens)
+    is_valid = _valid_mask(source, documents, config.data)
+    splits = {}
+    for split, wanted in (("train", ~is_valid), ("valid", is_valid)):
+        if wanted.any():
+            prefix = data_dir.prefix(source.name, split)
+            splits[split] = write_split(tokens, wanted, prefix, dtype, f"write {source.name}_{split}")
+    stamp = {
+        "format": STAMP_FORMAT,
+        "inputs_hash": _inputs_hash(source, config, tokenizer),
+        "splits": {split: s.to_json(data_dir.path) for split, s in splits.items()},
+    }
+    write_json_atomic(data_dir.stamp(source.name), stamp)
+
+
+def _valid_mask(source: Source, documents: int, data: Any) -> np.ndarray:
+    """Which documents are held out: all of a target set; a seeded draw of `valid_documents` of a domain."""
+    if source.is_target:
+        return np.ones(documents, dtype=bool)
+    rng = np.random.default_rng([data.seed, zlib.crc32(source.name.encode())])
+    mask = np.zeros(documents, dtype=bool)
+    mask[rng.choice(documents, size=data.valid_documents, replace=False)] = True
+    return mask
+
+
+def write_split(tokens: Any, wanted: np.ndarray, prefix: Path, dtype: np.dtype, desc: str) -> Split:
+    """Stream the `wanted` documents (in input order) from the tokenized Arrow column into one shard."""
+    from tqdm.auto import tqdm
+
+    first_document = 0
+    with IndexedWriter(prefix, dtype) as writer:
+        for chunk in tqdm(tokens.data.column("input_ids").chunks, desc=desc, unit="chunk", leave=False):
+            keep = wanted[first_document : first_document + len(chunk)]
+            first_document += len(chunk)
+            offsets = chunk.offsets.to_numpy()
+            lengths = np.diff(offsets)
+            values = chunk.values.to_numpy()[offsets[0] : offsets[-1]]
+            writer.add_documents(values[np.repeat(keep, lengths)], lengths[keep])
+    return Split(prefix, writer.num_tokens, writer.num_documents)
+
+
+def _is_current(source: Source, data_dir: DataDir, config: ExperimentConfig, tokenizer: Any) -> bool:
+    """Whether the source's stamp matches its inputs now and its shards open with the recorded sizes."""
+    stamp_path = data_dir.stamp(source.name)
+    if not stamp_path.exists():
+        return False
+    stamp = read_json(stamp_path)
+    if stamp.get("format") != STAMP_FORMAT or stamp.get("inputs_hash") != _inputs_hash(source, config, tokenizer):
+        return False
+    return all(_split_matches(data_dir, entry) for entry in stamp.get("splits", {}).values())
+
+
+def _split_matches(data_dir: DataDir, entry: Mapping[str, Any]) -> bool:
+    try:
+        shard = IndexedDataset(data_dir.path / entry["prefix"])
+    except RegmixError:
+        return False
+    return shard.num_tokens == entry["tokens"] and len(shard) == entry["documents"]
+
+
+def _file_stats(source: Source, base: Path) -> list[list]:
+    """Path (relative to the config, so a moved experiment stays current), size and mtime of each input."""
+    files = [p for f in source.files for p in (sorted(f.rglob("*")) if f.is_dir() else [f]) if p.is_file()]
+    return [[os.path.relpath(p, base), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _inputs_hash(source: Source, config: ExperimentConfig, tokenizer: Any) -> str:
+    """Everything that decides a source's shards; a change to any of it means rebuild."""
+    split = None if source.is_target else [config.data.valid_documents, config.data.seed]
+    stats = _file_stats(source, config.resolve("."))
+    return _hash([STAMP_FORMAT, stats, source.text_field, source.is_target, split, tok.fingerprint(tokenizer)])
+
+
+def _corpus_hash(sources: list[Source], config: ExperimentConfig) -> str:
+    """What a trained tokenizer depends on: the training domains' files and the vocabulary size."""
+    base = config.resolve(".")
+    domains = [[s.name, s.text_field, _file_stats(s, base)] for s in sources if not s.is_target]
+    return _hash([domains, config.data.vocab_size])
+
+
+def _remove_manifest(data_dir: DataDir) -> None:
+    # Shards are about to change: a manifest describing the old ones must not outlive them.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(data_dir.manifest)
+
+
+def save_manifest(sources: list[Source], data_dir: DataDir, config: ExperimentConfig, tokenizer: Any) -> Manifest:
+    stamps = {s.name: read_json(data_dir.stamp(s.name)) for s in sources}
+    split = lambda name, kind: Split(data_dir.path / stamps[name]["splits"][kind]["prefix"], **_counts(stamps[name]["splits"][kind]))
+    manifest = Manifest(
+        path=data_dir.manifest,
+        tokenizer=tok.info(tokenizer, config.data.tokenizer, config.resolve(config.data.tokenizer), data_dir.path),
+        seed=config.data.seed,
+        train={s.name: split(s.name, "train") for s in sources if not s.is_target},
+        valid={s.name: split(s.name, "valid") for s in sources},
+        inputs_hash={s.name: stamps[s.name]["inputs_hash"] for s in sources},
+    )
+    manifest.save()
+    return manifest
+
+
+def _counts(entry: Mapping[str, Any]) -> dict[str, int]:
+    return {"tokens": int(entry["tokens"]), "documents": int(entry["documents"])}

@@ -1,0 +1,105 @@
+"""The collect stage: every proxy's `result.json` -> `results.csv`, and what is still to do.
+
+`results.csv` has one row per swarm member: `index`, `status` (done / running / failed /
+missing), `w:<domain>` for each mixture weight, `loss:<name>` for each validation set (domains,
+then targets; empty unless done), `tokens` and `wall_seconds`. `fit` reads the `done` rows.
+
+A proxy is `done` when its `result.json` exists; `failed` when it left `failed.json` or its
+run directory has not changed for `stale_seconds` (a killed task writes nothing); `running`
+when its directory changed recently (metrics.jsonl grows every step); `missing` when it has
+none. Slurm is not queried, so a task still waiting in the queue counts as missing.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import atomic_output, newest_mtime, read_json
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline.proxies import swarm_indices
+
+STATUSES = ("done", "running", "failed", "missing")
+
+
+@dataclass(frozen=True)
+class ProxyRow:
+    index: int
+    status: str
+    mixture: Mixture
+    result: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Collection:
+    rows: list[ProxyRow]
+
+    def indices(self, *statuses: str) -> list[int]:
+        return [row.index for row in self.rows if row.status in statuses]
+
+    def counts(self) -> Counter:
+        return Counter(row.status for row in self.rows)
+
+
+def collect(experiment: ExperimentConfig, stale_seconds: float = 1800.0) -> Collection:
+    """Read the state of every swarm member and write `results.csv` atomically."""
+    now = time.time()
+    rows = [_proxy_row(experiment, index, stale_seconds, now) for index in swarm_indices(experiment)]
+    collection = Collection(rows)
+    write_results(experiment.work.results, collection, _loss_names(experiment, rows))
+    return collection
+
+
+def _proxy_row(experiment: ExperimentConfig, index: int, stale_seconds: float, now: float) -> ProxyRow:
+    mixture = Mixture.load(experiment.work.mixture(index))
+    run = experiment.work.proxy(index)
+    if run.is_done():
+        result = read_json(run.result)
+        _check_result(result, run.result, mixture)
+        return ProxyRow(index, "done", mixture, result)
+    if not run.path.is_dir():
+        return ProxyRow(index, "missing", mixture, None)
+    if run.failed.is_file() or now - newest_mtime(run.path) > stale_seconds:
+        return ProxyRow(index, "failed", mixture, None)
+    return ProxyRow(index, "running", mixture, None)
+
+
+def _check_result(result: Any, path: Path, mixture: Mixture) -> None:
+    if not isinstance(result, dict) or not isinstance(result.get("valid_loss"), dict):
+        raise RegmixError(path, 'not a proxy result (no "valid_loss" mapping)')
+    if result.get("mixture_hash") != mixture.content_hash():
+        raise RegmixError(path, "trained on a different mixture than the swarm's (mixture_hash differs)")
+    for name, loss in result["valid_loss"].items():
+        if not isinstance(loss, (int, float)) or not math.isfinite(loss):
+            raise RegmixError(path, f"validation loss of {name!r} is not a finite number: {loss!r}")
+
+
+def _loss_names(experiment: ExperimentConfig, rows: list[ProxyRow]) -> list[str]:
+    """Validation sets in manifest order (domains, then targets); any others after them."""
+    seen = [name for row in rows if row.result for name in row.result["valid_loss"]]
+    manifest = experiment.work.manifest
+    ordered = list(Manifest.load(manifest).valid) if manifest.is_file() else []
+    return ordered + [name for name in dict.fromkeys(seen) if name not in ordered]
+
+
+def write_results(path: Path, collection: Collection, loss_names: list[str]) -> None:
+    domains = list(collection.rows[0].mixture.domains)
+    header = ["index", "status", *(f"w:{d}" for d in domains), *(f"loss:{n}" for n in loss_names), "tokens", "wall_seconds"]
+    with atomic_output(path) as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(header)
+        for row in collection.rows:
+            result = row.result or {}
+            losses = result.get("valid_loss", {})
+            writer.writerow([
+                row.index, row.status, *(repr(row.mixture.weights.get(d, 0.0)) for d in domains),
+                *(repr(losses[n]) if n in losses else "" for n in loss_names),
+                result.get("tokens", ""), result.get("wall_seconds", ""),
+            ])

@@ -1,0 +1,226 @@
+"""The proxy stage: train swarm member i or a group of members (`regmix-ds proxy`), or the whole
+swarm on this machine (`regmix-ds run-swarm`), and spell the `sbatch` line that trains it on a cluster.
+
+Proxy i trains on `swarm/n<i>.json` into `proxies/n<i>/` with the experiment's `proxy:` settings.
+With `proxy.group_size` G > 1, Slurm array task t (and each local job) trains indices t .. t+G-1
+together in one process (`train.group`); the array steps by G (`--array=1-512:16`).
+A proxy whose `result.json` exists is done and is never trained again; an interrupted one
+resumes from its newest complete checkpoint, so every entry point here is safe to re-run. A
+proxy that ends in an error leaves `failed.json` (its exit code) for `collect`; the next
+attempt removes it.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from tqdm import tqdm
+
+from regmix_ds.core.config import ExperimentConfig, TrainConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import write_json_atomic
+from regmix_ds.core.layout import RunDir
+
+PROXY_SCRIPT = "slurm/proxies.sh"
+EXIT_REQUEUE = 75
+"""`train.loop.EXIT_REQUEUE`, spelled here so that a finished task never imports the trainer."""
+
+
+def swarm_indices(experiment: ExperimentConfig) -> list[int]:
+    """The proxy indices of the experiment's swarm, from its `n<i>.json` files, ascending."""
+    work = experiment.work
+    if not work.swarm.is_dir():
+        raise RegmixError(work.swarm, "no swarm here; run `regmix-ds swarm --config ...` first")
+    found = work.mixture_indices()
+    if not found:
+        raise RegmixError(work.swarm, "swarm directory holds no n<i>.json mixtures")
+    return found
+
+
+def train_config(experiment: ExperimentConfig, index: int) -> TrainConfig:
+    """The training settings of swarm member `index`."""
+    mixture = experiment.work.mixture(index)
+    if not mixture.is_file():
+        raise RegmixError("--index", f"no mixture {mixture} (swarm indices: {format_ranges(swarm_indices(experiment))})")
+    return proxy_train_config(experiment, mixture, experiment.work.proxy(index))
+
+
+def proxy_train_config(experiment: ExperimentConfig, mixture: Path, run: RunDir) -> TrainConfig:
+    """The training settings of a proxy on `mixture`: the same for every proxy but the mixture,
+    so swarm members and any mixture checked later are comparable."""
+    return TrainConfig.for_run(experiment.require_proxy(), manifest=str(experiment.work.manifest),
+                               mixture=str(mixture), out=str(run.path), resume="auto")
+
+
+def train_proxy(config: TrainConfig) -> int:
+    """Train one proxy in this process; returns the trainer's exit code (0, 2 or 75)."""
+    run = RunDir(Path(config.out))
+    # The trainer would also skip a finished run, but only after importing torch and DeepSpeed:
+    # resubmitting a 512-task array should cost each finished task a second, not a minute.
+    if run.is_done():
+        print(f"{run.result} exists, nothing to do")
+        return 0
+    from regmix_ds.train import engine, single
+
+    return marking_failures([run], lambda: single.train(config, engine.discover_launch()))
+
+
+def train_members(experiment: ExperimentConfig, indices: list[int]) -> int:
+    """Train swarm members `indices` as one group in this process; returns 0, 2 or 75 as `train_proxy`."""
+    configs = [train_config(experiment, i) for i in indices]
+    todo = [config for config in configs if not RunDir(Path(config.out)).is_done()]
+    if not todo:
+        print(f"proxies {format_ranges(indices)}: every result.json exists, nothing to do")
+        return 0
+    from regmix_ds.train import group
+
+    save_model = experiment.require_proxy().save_model
+    return marking_failures([RunDir(Path(c.out)) for c in todo], lambda: group.train_group(todo, save_model))
+
+
+def marking_failures(runs: list[RunDir], train: Callable[[], int]) -> int:
+    """Run `train`; if it crashes or ends in an error, leave `failed.json` in each run directory for `collect`."""
+    for run in runs:
+        run.failed.unlink(missing_ok=True)
+    try:
+        code = train()
+    except RegmixError:
+        raise
+    except BaseException as err:
+        for run in runs:
+            write_json_atomic(run.failed, {"error": f"{type(err).__name__}: {err}"})
+        raise
+    if code not in (0, EXIT_REQUEUE):
+        for run in runs:
+            write_json_atomic(run.failed, {"exit_code": code})
+    return code
+
+
+def group_size(experiment: ExperimentConfig) -> int:
+    """Proxies per array task / local job (1 without a `proxy:` section, which fails later anyway)."""
+    return experiment.proxy.group_size if experiment.proxy is not None else 1
+
+
+def task_indices(experiment: ExperimentConfig, task: int) -> list[int]:
+    """The swarm indices array task `task` trains: `task` itself, or the group of G starting there."""
+    size = group_size(experiment)
+    indices = [i for i in swarm_indices(experiment) if task <= i < task + size]
+    if not indices or task not in groups(experiment, indices):
+        raise RegmixError("--task", f"{task} is not the first index of a group of {size} in the swarm "
+                                    f"(tasks: {array_spec(experiment, swarm_indices(experiment))})")
+    return indices
+
+
+def groups(experiment: ExperimentConfig, indices: list[int]) -> dict[int, list[int]]:
+    """`indices` split as the array tasks train them: {task (first index of its group): members}.
+
+    Groups are aligned to the swarm's first index, so a task always trains the same members.
+    """
+    size, base = group_size(experiment), min(swarm_indices(experiment))
+    grouped: dict[int, list[int]] = {}
+    for i in sorted(indices):
+        grouped.setdefault(base + (i - base) // size * size, []).append(i)
+    return grouped
+
+
+def array_spec(experiment: ExperimentConfig, indices: list[int]) -> str:
+    """Slurm's --array value for the tasks that train `indices`: '1-3,7', or '1-497:16' with groups."""
+    size = group_size(experiment)
+    if size == 1:
+        return format_ranges(indices)
+    starts = sorted(groups(experiment, indices))
+    if len(starts) > 1 and starts == list(range(starts[0], starts[-1] + 1, size)):
+        return f"{starts[0]}-{starts[-1]}:{size}"
+    return ",".join(map(str, starts))
+
+
+def train_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: int) -> list[int]:
+    """Train the given (default: all) proxies here, `jobs` at a time; returns the failed indices.
+
+    Each proxy is its own `regmix-ds proxy` process (one DeepSpeed rank on a free port) with
+    the machine's cores shared out, and its output in `proxies/n<i>/proxy.log`.
+    """
+    if jobs < 1:
+        raise RegmixError("--jobs", f"must be >= 1, got {jobs}")
+    experiment.require_proxy()
+    known = swarm_indices(experiment)
+    wanted = indices or known
+    unknown = sorted(set(wanted) - set(known))
+    if unknown:
+        raise RegmixError("--indices", f"not in the swarm: {format_ranges(unknown)}")
+    todo = [i for i in wanted if not experiment.work.proxy(i).is_done()]
+    size = group_size(experiment)
+    unit = "proxies" if size == 1 else f"groups of up to {size} proxies"
+    print(f"run-swarm: {len(wanted) - len(todo)} of {len(wanted)} proxies already done; training {len(todo)}, "
+          f"{jobs} {unit} at a time")
+    if size == 1:
+        runs = {i: (experiment.work.proxy(i).log, ["--index", str(i)]) for i in todo}
+        return sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
+    grouped = groups(experiment, todo)
+    runs = {start: (experiment.work.group_log(start), ["--indices", format_ranges(members)])
+            for start, members in grouped.items()}
+    failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
+    return sorted(i for start in failed_groups for i in grouped[start] if not experiment.work.proxy(i).is_done())
+
+
+def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, label: str) -> list:
+    """Run `regmix-ds proxy --config EXP <args>` for each `key: (log_path, args)` of `runs`, `jobs`
+    at a time with the cores shared out; returns the keys that failed. Each process is its own
+    world of one rank (on a free port), with its output appended to `log_path`."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    for name in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(name, None)
+
+    def run(log_path: Path, args: list[str]) -> int:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        command = [sys.executable, "-m", "regmix_ds", "proxy", "--config", experiment.path, *args]
+        with open(log_path, "ab") as log:
+            return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+
+    failed = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(runs), desc=label, unit="proxy") as bar:
+        futures = {pool.submit(run, *spec): key for key, spec in runs.items()}
+        for future in as_completed(futures):
+            if future.result() != 0:
+                key = futures[future]
+                failed.append(key)
+                bar.write(f"{label} {key} failed; see {runs[key][0]}")
+            bar.update()
+    return failed
+
+
+def sbatch_line(experiment: ExperimentConfig, indices: list[int], throttle: int) -> str:
+    """The command that trains `indices` as one Slurm job array, at most `throttle` tasks at once."""
+    return f"sbatch --array={array_spec(experiment, indices)}%{throttle} {PROXY_SCRIPT} {experiment.path}"
+
+
+def format_ranges(indices: list[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> '1-3,7,9-10' (Slurm's --array syntax)."""
+    parts, ordered = [], sorted(set(indices))
+    start = previous = None
+    for i in ordered + [None]:
+        if start is not None and i == previous + 1:
+            previous = i
+            continue
+        if start is not None:
+            parts.append(str(start) if start == previous else f"{start}-{previous}")
+        start = previous = i
+    return ",".join(parts)
+
+
+def parse_ranges(text: str, where: str) -> list[int]:
+    """'1-3,7' -> [1, 2, 3, 7]; the inverse of `format_ranges`."""
+    indices: set[int] = set()
+    for part in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not match or (match.group(2) and int(match.group(2)) < int(match.group(1))):
+            raise RegmixError(where, f"not an index range: {part!r} (expected e.g. 1-16,20)")
+        low = int(match.group(1))
+        indices.update(range(low, int(match.group(2) or low) + 1))
+    return sorted(indices)

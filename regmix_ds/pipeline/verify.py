@@ -1,0 +1,99 @@
+"""The verify stage: does the chosen mixture beat the alternatives when actually trained?
+
+The regression only predicts. Here the chosen mixture (best.json) and the natural one (each
+domain's share of the training tokens) are trained as two more proxies with exactly the
+swarm's settings, optionally with a reference mixture too (the synthetic corpus's
+`truth.json`), and their measured target loss is set beside the best and the median swarm
+member's. Output: `verify.json` and `summary.md` (a markdown table) in the report folder.
+"""
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import read_json, write_json_atomic, write_text_atomic
+from regmix_ds.core.manifest import Manifest
+from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline.proxies import run_proxy_processes
+from regmix_ds.regress.tables import Target, read_results
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    target_loss: float
+    mixture: dict[str, float]
+    note: str = ""
+
+
+def verification_mixtures(experiment: ExperimentConfig, reference: Path | None) -> dict[str, Mixture]:
+    """The mixtures to train: chosen (best.json), natural (token shares), and the reference."""
+    manifest = Manifest.load(experiment.work.manifest)
+    mixtures = {
+        "chosen": Mixture.load(experiment.work.best),
+        "natural": Mixture.from_weights(manifest.token_prior(), source=experiment.work.manifest),
+    }
+    if reference is not None:
+        mixtures["reference"] = Mixture.load(reference)
+    for name, mixture in mixtures.items():
+        mixture.check_domains(manifest.domains, f"{name} mixture")
+    return mixtures
+
+
+def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None = None, jobs: int = 2) -> list[Row]:
+    """Train the verification proxies (finished ones are reused) and compare them with the swarm."""
+    target = Target.parse(experiment.fit.target, "fit.target")
+    mixtures = verification_mixtures(experiment, reference)
+    runs = {}
+    for name, mixture in mixtures.items():
+        # Keyed by content: a new best.json gets a new run instead of the old one's result.
+        run = experiment.work.verify_run(name, mixture.content_hash())
+        mixture_file = run.path.with_suffix(".json")
+        mixture.save(mixture_file)
+        runs[name] = (run, ["--mixture", str(mixture_file), "--out", str(run.path)])
+    todo = {name: (run.log, args) for name, (run, args) in runs.items() if not run.is_done()}
+    failed = run_proxy_processes(experiment, todo, jobs, "verify")
+    if failed:
+        raise RegmixError(experiment.work.verify, f"verification run(s) failed: {', '.join(failed)}; see their proxy.log")
+    rows = [_trained_row(name, runs[name][0].result, target) for name in mixtures]
+    rows += _swarm_rows(experiment, target)
+    _write(out_dir, rows, experiment.fit.target)
+    return rows
+
+
+def _trained_row(name: str, result_path: Path, target: Target) -> Row:
+    result = read_json(result_path)
+    missing = [n for n, _ in target.terms if n not in result["valid_loss"]]
+    if missing:
+        raise RegmixError(result_path, f"no validation loss for {', '.join(missing)}")
+    loss = sum(c * float(result["valid_loss"][n]) for n, c in target.terms)
+    return Row(name, loss, result["mixture"])
+
+
+def _swarm_rows(experiment: ExperimentConfig, target: Target) -> list[Row]:
+    table = read_results(experiment.work.results)
+    losses = target.values(table)
+    order = sorted(range(len(losses)), key=lambda i: losses[i])
+    best, median = order[0], order[len(order) // 2]
+    as_mixture = lambda row: dict(zip(table.domains, map(float, table.weights[row])))
+    return [
+        Row("best swarm member", float(losses[best]), as_mixture(best), f"proxy {table.index[best]}"),
+        Row("median swarm member", float(statistics.median(losses)), as_mixture(median),
+            f"proxy {table.index[median]} of {len(losses)}"),
+    ]
+
+
+def _write(out_dir: Path, rows: list[Row], target_name: str) -> None:
+    domains = list(rows[0].mixture)
+    header = f"| mixture | {target_name} loss | " + " | ".join(domains) + " | note |"
+    lines = [header, "|" + "---|" * (len(domains) + 3)]
+    for row in sorted(rows, key=lambda r: r.target_loss):
+        weights = " | ".join(f"{row.mixture.get(d, 0.0):.3f}" for d in domains)
+        lines.append(f"| {row.name} | {row.target_loss:.4f} | {weights} | {row.note} |")
+    table = "\n".join(lines)
+    print(table)
+    write_text_atomic(out_dir / "summary.md", f"# RegMix verification\n\n{table}\n")
+    write_json_atomic(out_dir / "verify.json", [row.__dict__ for row in rows])
