@@ -29,9 +29,9 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from regmix_ds import prepare as stage
-from regmix_ds import tokenizer as tok
 from regmix_ds.core.config import ExperimentConfig
+from regmix_ds.data import prepare as stage
+from regmix_ds.data import tokenizer as tok
 from regmix_ds.data.synth import SynthSettings, synthesize
 
 
@@ -59,11 +59,13 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="regmix-bench-prepare-") as tmp:
         root = Path(tmp)
-        settings = SynthSettings(seed=0, docs_per_domain=args.docs_per_domain, target_docs=300, vocab_size=args.vocab_size)
+        settings = SynthSettings(seed=0, docs_per_domain=args.docs_per_domain, target_docs=300,
+                                 vocab_size=args.vocab_size)
         config = ExperimentConfig.load(synthesize(root, settings)["config"])
         config = dataclasses.replace(config, data=dataclasses.replace(config.data, num_proc=args.num_proc))
         sources = stage.resolve_sources(config)
-        raw = {s.name: stage.load_raw(s, root / "cache", None if s.is_target else config.data.valid_documents) for s in sources}
+        raw = {s.name: stage.load_raw(s, root / "cache", None if s.is_target else config.data.valid_documents)
+               for s in sources}
         tokenizer_dir = config.resolve(config.data.tokenizer)
         tok.train_tokenizer(stage.training_texts(raw, sources), args.vocab_size, tokenizer_dir, "benchmark")
         tokenizer = tok.load_tokenizer(config.data.tokenizer, tokenizer_dir, "data.tokenizer")
@@ -82,13 +84,13 @@ def main() -> None:
             raw_times.append(timed(lambda: raw_tokenize(tokenizer, texts)))
             pipeline_times.append(timed(pipeline))
         raw_s, pipeline_s = min(raw_times), min(pipeline_times)
-        manifest = stage.save_manifest(sources, config.manifest_path.parent, config, tokenizer)
+        manifest = stage.save_manifest(sources, config.work.data, config, tokenizer)
         splits = [*manifest.train.values(), *manifest.valid.values()]
         pipeline_tokens = sum(s.tokens - s.documents for s in splits)  # EOS excluded, as in raw
         assert pipeline_tokens == raw_tokens, (pipeline_tokens, raw_tokens)
 
         def end_to_end() -> None:
-            shutil.rmtree(config.manifest_path.parent, ignore_errors=True)
+            shutil.rmtree(config.work.data.path, ignore_errors=True)
             stage.prepare(config)
 
         end_to_end_s = min(timed(end_to_end) for _ in range(args.repeats))

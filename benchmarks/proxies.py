@@ -3,7 +3,7 @@
     python benchmarks/proxies.py                      # CPU: K=16 demo-size proxies, group vs sequential
     python benchmarks/proxies.py --gpu                # GPU: proxy-1m, vocabulary 50,432, seq 2048, bf16, K=1..64
 
-Both modes time the training step `regmix-ds proxy --indices` takes (`group.train_step`: stacked
+Both modes time the training step `regmix-ds proxy --indices` takes (`group.stacked_step`: stacked
 forward and backward, per-member gradient clipping, per-member AdamW) on token batches drawn
 from a seeded generator. The data loader is left out: its cost per proxy is the same grouped
 or not. Settings (micro-batch, AdamW, clipping) come from `ds_configs/zero0.json`, the demo's.
@@ -33,7 +33,7 @@ import torch
 from regmix_ds.core.config import MODEL_PRESETS
 from regmix_ds.core.dsconfig import load_ds_config
 from regmix_ds.train import model as models
-from regmix_ds.train.group import AdamW, GroupState, fresh_start, train_step
+from regmix_ds.train.group import AdamW, GroupState, fresh_start, stacked_step
 from regmix_ds.train.stacked import StackedLlama
 from regmix_ds.train.utilization import Utilization, measure_matmul_peak, synchronize
 
@@ -56,7 +56,8 @@ def time_steps(steps: int, skip: int, device: torch.device, next_batch: Callable
     return timed
 
 
-def random_batches(vocab_size: int, shape: tuple[int, ...], seed: int, device: torch.device) -> Callable[[], torch.Tensor]:
+def random_batches(vocab_size: int, shape: tuple[int, ...], seed: int,
+                   device: torch.device) -> Callable[[], torch.Tensor]:
     """Token batches of `shape` from a seeded generator (the values do not matter, only the work)."""
     generator = torch.Generator().manual_seed(seed)
     return lambda: torch.randint(0, vocab_size, shape, generator=generator).to(device)
@@ -70,7 +71,7 @@ def time_group(hf_config, k: int, micro: int, steps: int, skip: int, device: tor
     lrs = torch.full((k,), LR, device=device)
     batches = random_batches(hf_config.vocab_size, (1, k, micro, hf_config.max_position_embeddings + 1), seed, device)
     return time_steps(steps, skip, device, batches,
-                      lambda batch, step: train_step(model, adamw, state, batch, lrs, step, dtype))
+                      lambda batch, step: stacked_step(model, adamw, state, batch, lrs, step, dtype))
 
 
 def time_hf_single(hf_config, micro: int, steps: int, skip: int, seed: int) -> float:
@@ -105,14 +106,16 @@ def cpu_mode(args) -> dict:
                               measure_matmul_peak(device, dtype))
     timed_tokens = (args.steps - args.skip) * micro * hf_config.max_position_embeddings
     print(f"demo proxy, vocab {hf_config.vocab_size}, seq {hf_config.max_position_embeddings}, micro-batch {micro}, "
-          f"{torch.get_num_threads()} threads; matmul peak {utilization.peak_flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
-    group = figures(args.k * timed_tokens, time_group(hf_config, args.k, micro, args.steps, args.skip, device, dtype, 0),
-                    utilization)
+          f"{torch.get_num_threads()} threads; "
+          f"matmul peak {utilization.peak_flops_per_s / 1e9:.1f} GFLOP/s", flush=True)
+    group = figures(args.k * timed_tokens,
+                    time_group(hf_config, args.k, micro, args.steps, args.skip, device, dtype, 0), utilization)
     print(f"group of {args.k}:       {group['tokens_per_s']:>10,.0f} tok/s  MFU {group['mfu']:.2%}", flush=True)
     sequential_seconds = sum(time_group(hf_config, 1, micro, args.steps, args.skip, device, dtype, seed)
                              for seed in range(args.k))
     sequential = figures(args.k * timed_tokens, sequential_seconds, utilization)
-    print(f"{args.k} one after another: {sequential['tokens_per_s']:>10,.0f} tok/s  MFU {sequential['mfu']:.2%}", flush=True)
+    print(f"{args.k} one after another: {sequential['tokens_per_s']:>10,.0f} tok/s  MFU {sequential['mfu']:.2%}",
+          flush=True)
     hf_single = figures(timed_tokens, time_hf_single(hf_config, micro, args.steps, args.skip, 0), utilization)
     print(f"one HF model + AdamW: {hf_single['tokens_per_s']:>10,.0f} tok/s  MFU {hf_single['mfu']:.2%}", flush=True)
     return {
@@ -132,7 +135,8 @@ def gpu_mode(args) -> dict:
     utilization = Utilization(models.training_flops_per_token(hf_config, seq_len),
                               measure_matmul_peak(device, dtype, repeats=10))
     print(f"proxy-1m, vocab {hf_config.vocab_size}, seq {seq_len}, micro-batch {micro}, bf16 on "
-          f"{torch.cuda.get_device_name()}; matmul peak {utilization.peak_flops_per_s / 1e12:.1f} TFLOP/s", flush=True)
+          f"{torch.cuda.get_device_name()}; matmul peak {utilization.peak_flops_per_s / 1e12:.1f} TFLOP/s",
+          flush=True)
     rows = []
     for k in args.ks:
         try:
@@ -143,12 +147,13 @@ def gpu_mode(args) -> dict:
             break
         row = {"k": k, **figures(k * (args.steps - args.skip) * micro * seq_len, seconds, utilization),
                "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
-        print(f"K={k:3d}: {row['tokens_per_s']:>12,.0f} tok/s  MFU {row['mfu']:.1%}  {row['max_memory_gib']} GiB", flush=True)
+        print(f"K={k:3d}: {row['tokens_per_s']:>12,.0f} tok/s  MFU {row['mfu']:.1%}  {row['max_memory_gib']} GiB",
+              flush=True)
         rows.append(row)
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    return {"mode": "gpu", "device": torch.cuda.get_device_name(), "matmul_peak_flops_per_s": utilization.peak_flops_per_s,
-            "rows": rows}
+    return {"mode": "gpu", "device": torch.cuda.get_device_name(),
+            "matmul_peak_flops_per_s": utilization.peak_flops_per_s, "rows": rows}
 
 
 def main() -> None:

@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from regmix_ds.core.config import FitConfig, SimulateConfig
+from regmix_ds.regress.fit import FittedModel, TreeModel, fit
+from regmix_ds.regress.simulate import domain_caps, draw_candidates, resolve_prior, run_simulate
+from regmix_ds.regress.tables import Target, read_regmix_tables
+from regmix_ds.regress.treescore import full_lowest_k
 
-from regmix_ds.core.config import FitConfig, SimulateConfig  # noqa: E402
-from regmix_ds.regress.fit import FittedModel, TreeModel, fit  # noqa: E402
-from regmix_ds.regress.simulate import domain_caps, draw_candidates, resolve_prior, run_simulate  # noqa: E402
-from regmix_ds.regress.tables import Target, read_regmix_tables  # noqa: E402
-from regmix_ds.regress.treescore import full_lowest_k  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 DATA = ROOT.parent / "shared" / "regmix-data"
 
@@ -74,7 +72,8 @@ def main() -> None:
         scores, baseline_seconds = timed(lambda: booster.predict(rows))
         baseline = full_lowest_k(scores, args.top_k)
         print(f"baseline (Booster.predict on all): {baseline_seconds:.2f} s", flush=True)
-        identical = set(baseline.tolist()) == set(ours.indices.tolist()) and np.array_equal(scores[baseline], ours.scores)
+        identical = (set(baseline.tolist()) == set(ours.indices.tolist())
+                     and np.array_equal(scores[baseline], ours.scores))
 
         summary = {
             "candidates": len(rows),
@@ -89,7 +88,8 @@ def main() -> None:
         if args.bootstrap:
             settings = SimulateConfig(bootstrap=args.bootstrap)
             result, bootstrap_seconds = timed(
-                lambda: run_simulate(Path(tmp, "fit"), Path(tmp, "best.json"), settings, DATA / "token_prior.yaml", progress=False)
+                lambda: run_simulate(Path(tmp, "fit"), Path(tmp, "best.json"), settings, DATA / "token_prior.yaml",
+                                     progress=False)
             )
             summary.update(
                 bootstrap=args.bootstrap,

@@ -2,7 +2,13 @@
 # Usage: bash launchers/test.sh [pytest args...]
 #
 # Sets up a fresh machine (launchers/setup.sh), starts the localhost Slurm cluster when it can,
-# and runs the whole test suite. Extra arguments go to pytest (e.g. `-m "not slow"`, `-k blend`).
+# checks the code with ruff, and runs the test suite on TEST_WORKERS pytest-xdist workers.
+# Extra arguments go to pytest:
+#   bash launchers/test.sh                      # everything (what CI runs)
+#   bash launchers/test.sh -m "not slow"        # the quick tier, for the edit-test loop
+#   bash launchers/test.sh tests/test_blend.py  # one file
+# Settings from the environment:
+#   TEST_WORKERS  pytest-xdist workers (default: the number of cores; 0 runs in this process)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,4 +17,5 @@ source launchers/env.sh
 if [ "$(id -u)" -eq 0 ] && command -v slurmctld >/dev/null; then
   eval "$(bash launchers/slurm-local.sh start)"
 fi
-exec python -m pytest "$@"
+ruff check .
+exec python -m pytest -n "${TEST_WORKERS:-$(nproc)}" "$@"

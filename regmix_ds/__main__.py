@@ -1,4 +1,7 @@
-"""`python -m regmix_ds COMMAND ...` is `regmix-ds COMMAND ...` (launchers use it: `deepspeed --module regmix_ds train`)."""
+"""`python -m regmix_ds COMMAND ...` is `regmix-ds COMMAND ...`.
+
+The launchers use it: `deepspeed --module regmix_ds train`.
+"""
 import sys
 
 from regmix_ds.commands.main import main

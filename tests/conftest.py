@@ -45,24 +45,25 @@ def tiny_manifest(tiny_corpus_config) -> Path:
     return prepare(ExperimentConfig.load(tiny_corpus_config), train_tokenizer=True).path
 
 
-DEEPSPEED_TEST_PORTS = range(29600, 29700)
-"""MASTER_PORTs of the DeepSpeed tests (a fixed one per test: DeepSpeed names its /dev/shm buffers after it)."""
+SHM_BUFFERS = "deepspeed_allreduce_buffer_*"
+"""DeepSpeed's 66 MB /dev/shm buffers: a rank removes its own at exit (`engine.shutdown`), a killed one cannot."""
 
 
-@pytest.fixture(scope="session", autouse=True)
-def remove_deepspeed_shm_buffers():
-    """Delete the 66 MB `/dev/shm/deepspeed_allreduce_buffer_*_<port>_<rank>` files test runs leave."""
-    yield
-    for buffer in Path("/dev/shm").glob("deepspeed_allreduce_buffer_*"):
-        port = buffer.name.rsplit("_", 2)[-2]
-        if port.isdigit() and int(port) in DEEPSPEED_TEST_PORTS:
-            buffer.unlink(missing_ok=True)
+def pytest_sessionstart(session):
+    session.config.shm_before = set(Path("/dev/shm").glob(SHM_BUFFERS))
 
 
-@pytest.fixture
-def tiny_experiment(tiny_manifest, tmp_path):
-    """A fresh copy of the prepared tiny corpus with a 4-proxy swarm and `proxy:` settings for
-    the `tiny` model; returns a factory `make(n=4, steps=8, **proxy_overrides) -> exp.yaml Path`."""
+def pytest_sessionfinish(session):
+    """Delete the buffers this test session left, whatever their port: once, when every worker is done."""
+    if hasattr(session.config, "workerinput"):  # a pytest-xdist worker: its peers may still be training
+        return
+    for buffer in set(Path("/dev/shm").glob(SHM_BUFFERS)) - session.config.shm_before:
+        buffer.unlink(missing_ok=True)
+
+
+def make_experiment(corpus: Path, root: Path, n: int = 4, steps: int = 8, **proxy) -> Path:
+    """A copy of the prepared corpus at `root` with an `n`-mixture swarm and `proxy:` settings for
+    the `tiny` model (`steps` steps of 2 x 32 tokens); returns its exp.yaml."""
     import shutil
 
     import yaml
@@ -70,23 +71,33 @@ def tiny_experiment(tiny_manifest, tmp_path):
     from regmix_ds.core.config import ExperimentConfig
     from regmix_ds.pipeline.swarm import draw_swarm, swarm_settings
 
-    corpus = tiny_manifest.parent.parent.parent  # <corpus>/work/data/manifest.json
+    shutil.copytree(corpus, root, symlinks=True)
+    config = yaml.safe_load((root / "exp.yaml").read_text())
+    micro, seq_len = 2, 32
+    config["proxy"] = {
+        "deepspeed_config": str(ROOT / "ds_configs" / "zero0.json"),
+        "preset": "tiny", "seq_len": seq_len, "train_tokens": steps * micro * seq_len,
+        "eval_batches": 2, **proxy,
+    }
+    config["swarm"] = {"n": n, "seed": 1}
+    path = root / "exp.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    experiment = ExperimentConfig.load(path)
+    draw_swarm(swarm_settings(experiment), experiment)
+    return path
+
+
+def corpus_of(manifest: Path) -> Path:
+    """The corpus directory of a prepared manifest (<corpus>/work/data/manifest.json)."""
+    return manifest.parent.parent.parent
+
+
+@pytest.fixture
+def tiny_experiment(tiny_manifest, tmp_path):
+    """A fresh copy of the prepared tiny corpus with a 4-proxy swarm and `proxy:` settings for
+    the `tiny` model; returns a factory `make(n=4, steps=8, **proxy_overrides) -> exp.yaml Path`."""
 
     def make(n: int = 4, steps: int = 8, **proxy) -> Path:
-        root = tmp_path / "experiment"
-        shutil.copytree(corpus, root, symlinks=True)
-        config = yaml.safe_load((root / "exp.yaml").read_text())
-        micro, seq_len = 2, 32
-        config["proxy"] = {
-            "deepspeed_config": str(ROOT / "ds_configs" / "zero0.json"),
-            "preset": "tiny", "seq_len": seq_len, "train_tokens": steps * micro * seq_len,
-            "eval_batches": 2, **proxy,
-        }
-        config["swarm"] = {"n": n, "seed": 1}
-        path = root / "exp.yaml"
-        path.write_text(yaml.safe_dump(config, sort_keys=False))
-        experiment = ExperimentConfig.load(path)
-        draw_swarm(swarm_settings(experiment), experiment)
-        return path
+        return make_experiment(corpus_of(tiny_manifest), tmp_path / "experiment", n, steps, **proxy)
 
     return make

@@ -1,23 +1,37 @@
-"""Small helpers shared by test modules (not fixtures: plain functions)."""
+"""Small helpers shared by test modules (not fixtures: plain functions). Every wait is bounded and
+fails with what the awaited process said, never by hanging."""
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+TIMEOUT = 300
+"""Seconds a command may take before its test fails (the per-test timeout in pyproject.toml backs it up)."""
 
-def run_cli(*args, **kwargs) -> subprocess.CompletedProcess:
+
+def run_cli(*args, timeout: float = TIMEOUT, **kwargs) -> subprocess.CompletedProcess:
     """`regmix-ds ARGS...` in a fresh interpreter, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "regmix_ds", *map(str, args)], capture_output=True, text=True, **kwargs)
+    return subprocess.run([sys.executable, "-m", "regmix_ds", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, **kwargs)
 
 
-def wait_for_steps(metrics: Path, steps: int, timeout: float = 180) -> None:
-    """Block until a run's metrics.jsonl shows `steps` training steps."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if metrics.exists() and sum('"loss"' in line for line in metrics.read_text().splitlines()) >= steps:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{metrics}: fewer than {steps} steps after {timeout} s")
+def logged_steps(metrics: Path) -> int:
+    """How many training steps a run's metrics.jsonl shows."""
+    return sum('"loss"' in line for line in metrics.read_text().splitlines()) if metrics.exists() else 0
+
+
+def wait_for_steps(metrics: Path, steps: int, gone: Callable[[], str | None], timeout: float = 120) -> None:
+    """Block until a run's metrics.jsonl shows `steps` training steps; fail at once with `gone()`'s
+    account when the process producing them ended first."""
+    deadline = time.monotonic() + timeout
+    while logged_steps(metrics) < steps:
+        problem = gone()
+        if problem:
+            raise AssertionError(f"{metrics}: {problem} before step {steps}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{metrics}: fewer than {steps} steps after {timeout} s")
+        time.sleep(0.05)
 
 
 def proxy_dir(experiment, index: int) -> Path:

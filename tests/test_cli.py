@@ -2,18 +2,20 @@
 that it costs one clear line: exit 2, one stderr line naming the file (or flag) and the problem,
 no traceback, and no output file created or changed. docs/bad-input.md shows the same table.
 
-Each case builds its bad input in its own tmp directory and runs the real command line
-(`regmix-ds ...` or `python train.py ...`) in a fresh interpreter. None trains anything:
-bad input must fail before training starts.
+Each case builds its bad input in its own tmp directory and runs the command line's own entry
+point (`regmix-ds ...`, or train.py's `main`) with that argv, in this interpreter: a fresh one per
+case would cost a second of imports each (the entry points themselves run as real processes in
+test_entry_points.py). None trains anything: bad input must fail before training starts, and a
+command that got as far as the engine's exit would end the case with its code, not end pytest.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import io
 import json
 import shutil
-import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +23,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from regmix_ds.commands import train as train_command
+from regmix_ds.commands.main import main
 from regmix_ds.core.dsconfig import with_mixture
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.train import engine
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "bad-input.md"
@@ -343,7 +348,8 @@ def _(b: Bench) -> BadInput:
 # ---- token shards ----------------------------------------------------------------------------------
 
 
-def shard_case(b: Bench, split: str, domain: str, suffix: str, damage: Callable[[Path], None], message: str) -> BadInput:
+def shard_case(b: Bench, split: str, domain: str, suffix: str, damage: Callable[[Path], None],
+               message: str) -> BadInput:
     """train.py on a private copy of the shards whose `split` `domain` `suffix` file was damaged;
     `message` follows the damaged file's path in the expected error."""
     manifest = b.data_copy()
@@ -420,7 +426,9 @@ def _(b: Bench) -> BadInput:
 
 @case("regmix-duplicate-header")
 def _(b: Bench) -> BadInput:
-    header_twice = lambda lines: [lines[0].replace("train_the_pile_github", "train_the_pile_arxiv"), *lines[1:]]
+    def header_twice(lines):
+        return [lines[0].replace("train_the_pile_github", "train_the_pile_arxiv"), *lines[1:]]
+
     mixtures = b.csv_copy(REGMIX_TRAIN[0], header_twice)
     return BadInput(fit_command(b, "--mixtures", mixtures, "--losses", b.regmix / REGMIX_TRAIN[1]), [b.tmp / "fit"],
                     f"{mixtures}: duplicate column names")
@@ -442,7 +450,8 @@ def _(b: Bench) -> BadInput:
 
 @case("regmix-negative-weight")
 def _(b: Bench) -> BadInput:
-    mixtures = b.csv_copy(REGMIX_TRAIN[0], lambda lines: [*lines[:5], lines[5].replace(",0.0,", ",-0.1,", 1), *lines[6:]])
+    mixtures = b.csv_copy(REGMIX_TRAIN[0],
+                          lambda lines: [*lines[:5], lines[5].replace(",0.0,", ",-0.1,", 1), *lines[6:]])
     return BadInput(fit_command(b, "--mixtures", mixtures, "--losses", b.regmix / REGMIX_TRAIN[1]), [b.tmp / "fit"],
                     f"{mixtures}: index 5: negative weight")
 
@@ -476,7 +485,8 @@ def _(b: Bench) -> BadInput:
     sidecar["domains"] = sidecar["domains"][:-1]
     (b.model / "model.json").write_text(json.dumps(sidecar))
     argv, out = predict_command(b, b.model)
-    return BadInput(argv, [out, b.model], f"{b.model / 'model.txt'}: does not match model.json (features or tree count)")
+    return BadInput(argv, [out, b.model],
+                    f"{b.model / 'model.txt'}: does not match model.json (features or tree count)")
 
 
 @case("model-inputs-changed")
@@ -507,6 +517,132 @@ def _(b: Bench) -> BadInput:
     return BadInput(rd("collect", "--config", b.experiment), [b.work_dir / "results.csv"], f"{result}: not valid JSON")
 
 
+@case("results-no-done-runs")
+def _(b: Bench) -> BadInput:
+    path = b.results_csv(lambda rows: [row.__setitem__(1, "failed") for row in rows[1:]])
+    return BadInput(rd("fit", "--results", path, "--target", "target", "--out", b.tmp / "fit"), [b.tmp / "fit"],
+                    f"{path}: no run has status 'done'")
+
+
+@case("model-cv-predictions-cut")
+def _(b: Bench) -> BadInput:
+    predictions = b.model / "cv_predictions.csv"
+    predictions.write_text("".join(predictions.read_text().splitlines(keepends=True)[:10]))
+    out = b.tmp / "report"
+    return BadInput(rd("report", "--model", b.model, "--out", out), [out, b.model],
+                    f"{predictions}: does not match the training runs; fit again")
+
+
+@case("mixture-other-domains-for-report")
+def _(b: Bench) -> BadInput:
+    best = b.json("best.json", {"weights": {"news": 0.5, "code": 0.5}})
+    out = b.tmp / "report"
+    return BadInput(rd("report", "--model", b.model, "--best", best, "--out", out), [out, b.model],
+                    f"{best}: mixture names unknown domain(s) code, news")
+
+
+@case("mixture-lacks-a-domain-for-export")
+def _(b: Bench) -> BadInput:
+    weights = dict(b.prior())
+    weights.pop("news")
+    path = b.json("mixture.json", {"weights": {k: v / sum(weights.values()) for k, v in weights.items()}})
+    return BadInput(rd("export", "--mixture", path, "--manifest", b.manifest), [b.tmp],
+                    f"{path}: mixture lacks domain(s) news")
+
+
+@case("manifest-no-domains")
+def _(b: Bench) -> BadInput:
+    path = b.edited_manifest(lambda m: m.update(domains={}, targets={}))
+    return BadInput(b.train(manifest=path), [b.tmp / "run"], f"{path}: manifest lists no domains")
+
+
+@case("exp-mixed-input-kinds")
+def _(b: Bench) -> BadInput:
+    text = b.write("extra.txt", "one document\n")
+    path = b.edited_experiment(lambda c: c["data"]["domains"]["news"]["paths"].append(str(text)))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir],
+                    "data.domains.news.paths: mixes input kinds (json, text); use one kind per domain")
+
+
+@case("exp-tokenizer-damaged")
+def _(b: Bench) -> BadInput:
+    tokenizer = b.tmp / "tokenizer"
+    tokenizer.mkdir()
+    (tokenizer / "tokenizer.json").write_text("{}")
+    (tokenizer / "tokenizer_config.json").write_text('{"tokenizer_class": "PreTrainedTokenizerFast"}')
+    path = b.edited_experiment(lambda c: c["data"].update(tokenizer=str(tokenizer)))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir],
+                    f"data.tokenizer: cannot load tokenizer '{tokenizer}'")
+
+
+@case("flag-out-config-alone")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--out-config", b.tmp / "ds.json"),
+                    [out, b.tmp / "ds.json", b.model],
+                    "--out-config: give --deepspeed-config and --out-config together")
+
+
+@case("flag-token-budget-without-manifest")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--target-tokens", 1000, "--max-epochs", 2),
+                    [out, b.model], "--target-tokens: token budgets need --manifest")
+
+
+@case("flag-fit-two-inputs")
+def _(b: Bench) -> BadInput:
+    results = b.results_csv()
+    return BadInput(fit_command(b, "--results", results, "--mixtures", b.regmix / REGMIX_TRAIN[0]), [b.tmp / "fit"],
+                    "--results: give exactly one input: --results, --mixtures with --losses, or --config")
+
+
+@case("flag-proxy-mixture-without-out")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("proxy", "--config", b.experiment, "--mixture", b.good_mixture()), [b.work_dir],
+                    "--mixture: --mixture and --out go together")
+
+
+# ---- stages run out of order -------------------------------------------------------------------------
+
+
+def without_swarm(b: Bench) -> Path:
+    """The experiment with its swarm directory removed (as before `regmix-ds swarm`)."""
+    shutil.rmtree(b.work_dir / "swarm")
+    return b.work_dir / "swarm"
+
+
+@case("order-run-swarm-before-swarm")
+def _(b: Bench) -> BadInput:
+    swarm = without_swarm(b)
+    return BadInput(rd("run-swarm", "--config", b.experiment), [b.work_dir],
+                    f"{swarm}: no swarm here; run `regmix-ds swarm --config ...` first")
+
+
+@case("order-collect-before-swarm")
+def _(b: Bench) -> BadInput:
+    swarm = without_swarm(b)
+    return BadInput(rd("collect", "--config", b.experiment), [b.work_dir], f"{swarm}: no swarm here")
+
+
+@case("order-proxy-before-swarm")
+def _(b: Bench) -> BadInput:
+    swarm = without_swarm(b)
+    return BadInput(rd("proxy", "--config", b.experiment, "--index", 1), [b.work_dir], f"{swarm}: no swarm here")
+
+
+@case("order-fit-before-collect")
+def _(b: Bench) -> BadInput:
+    config = b.edited_experiment(lambda c: c.update(fit={"target": "target"}))
+    return BadInput(rd("fit", "--config", config), [b.work_dir], f"{b.work_dir / 'results.csv'}: file not found")
+
+
+@case("order-verify-before-simulate")
+def _(b: Bench) -> BadInput:
+    config = b.edited_experiment(lambda c: c.update(fit={"target": "target"}))
+    return BadInput(rd("verify", "--config", config), [b.work_dir], f"{b.work_dir / 'best.json'}: file not found")
+
+
 # ---- command-line flags ----------------------------------------------------------------------------
 
 
@@ -524,7 +660,8 @@ def _(b: Bench) -> BadInput:
 
 @case("flag-jobs-negative")
 def _(b: Bench) -> BadInput:
-    return BadInput(rd("run-swarm", "--config", b.experiment, "--jobs", -1), [b.work_dir], "--jobs: must be >= 1, got -1")
+    return BadInput(rd("run-swarm", "--config", b.experiment, "--jobs", -1), [b.work_dir],
+                    "--jobs: must be >= 1, got -1")
 
 
 @case("flag-unknown-preset")
@@ -574,11 +711,36 @@ def _(b: Bench) -> BadInput:
 # ---- the test ----------------------------------------------------------------------------------------
 
 
-def run(argv: list) -> subprocess.CompletedProcess:
-    """The command as a user types it, in a fresh interpreter."""
+@dataclass(frozen=True)
+class Outcome:
+    returncode: int
+    stderr: str
+
+
+def run(argv: list) -> Outcome:
+    """The command as a user types it, through its entry point; its exit code and stderr."""
     words = [str(word) for word in argv]
-    command = [sys.executable, *(["-m", "regmix_ds"] if words[0] == "regmix-ds" else ["train.py"]), *words[1:]]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    entry = main if words[0] == "regmix-ds" else train_command.main
+    stderr = io.StringIO()
+    with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()), exits_instead_of_leaving():
+        try:
+            code = entry(words[1:])
+        except SystemExit as exit_:
+            code = exit_.code
+    return Outcome(code, stderr.getvalue())
+
+
+@contextlib.contextmanager
+def exits_instead_of_leaving():
+    """`engine.shutdown` leaves the process with os._exit; here it raises SystemExit instead."""
+    def shutdown(code: int):
+        raise SystemExit(code)
+
+    original, engine.shutdown = engine.shutdown, shutdown
+    try:
+        yield
+    finally:
+        engine.shutdown = original
 
 
 def snapshot(paths: list[Path]) -> dict[str, tuple | None]:
@@ -595,11 +757,13 @@ def snapshot(paths: list[Path]) -> dict[str, tuple | None]:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, request, tmp_path):
+def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, request, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # as a user runs train.py, from the repository
     bad = CASES[name](Bench(request, tmp_path))
     before = snapshot(bad.watch)
     done = run(bad.argv)
     error = done.stderr.strip()
+    print(error)  # docs/bad-input.md quotes it
     program = "train.py" if bad.argv[0] == "train.py" else f"regmix-ds {bad.argv[1]}"
     assert done.returncode == 2, f"exit {done.returncode}: {done.stderr[-2000:]}"
     assert "\n" not in error and "Traceback" not in error, error
@@ -610,7 +774,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(name, request, tmp_path
 
 def test_the_table_covers_every_input_kind():
     kinds = {name.split("-")[0] for name in CASES}
-    assert kinds == {"exp", "mixture", "ds", "manifest", "shard", "results", "regmix", "model", "result", "flag"}
+    assert kinds == {"exp", "mixture", "ds", "manifest", "shard", "results", "regmix", "model", "result", "flag",
+                     "order"}
     assert len(CASES) >= 30
 
 

@@ -1,28 +1,41 @@
 import csv
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
+from regmix_ds.core import files as files_module
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.pipeline.collect import STATUSES, collect
+from tests.conftest import corpus_of, make_experiment
 from tests.helpers import proxy_dir, run_cli
 
 
-@pytest.fixture
-def swarm_in_every_state(tiny_experiment):
-    """Proxy 1 trained for real, 2 running, 3 failed, 4 never started."""
-    config = tiny_experiment(n=4)
+@pytest.fixture(scope="module")
+def trained_first_proxy(tiny_manifest, tmp_path_factory):
+    """A 4-mixture experiment whose proxy 1 was trained for real (once for the module)."""
+    config = make_experiment(corpus_of(tiny_manifest), tmp_path_factory.mktemp("collect") / "experiment", n=4)
     trained = run_cli("proxy", "--config", config, "--index", 1)
     assert trained.returncode == 0, trained.stderr
-    experiment = ExperimentConfig.load(config)
+    return config.parent
+
+
+@pytest.fixture
+def swarm_in_every_state(trained_first_proxy, tmp_path):
+    """Proxy 1 trained for real, 2 running, 3 failed, 4 never started (a private copy)."""
+    root = shutil.copytree(trained_first_proxy, tmp_path / "experiment")
+    experiment = ExperimentConfig.load(root / "exp.yaml")
     proxy_dir(experiment, 2).mkdir(parents=True)
     (proxy_dir(experiment, 2) / "metrics.jsonl").write_text('{"step": 1, "loss": 5.0}\n')
     proxy_dir(experiment, 3).mkdir(parents=True)
@@ -47,7 +60,7 @@ def test_collect_reports_each_state_and_writes_every_row(swarm_in_every_state):
         assert float(rows[0][f"loss:{name}"]) == loss
         assert rows[1][f"loss:{name}"] == ""
     for row in rows:
-        mixture = Mixture.load(experiment.work.swarm / f"n{row['index']}.json")
+        mixture = Mixture.load(experiment.work.mixture(int(row["index"])))
         assert {k[2:]: float(v) for k, v in row.items() if k.startswith("w:")} == dict(mixture.weights)
     assert int(rows[0]["tokens"]) == result["tokens"]
 
@@ -74,7 +87,7 @@ def test_a_bad_result_file_is_an_error_naming_it_and_nothing_is_written(swarm_in
     experiment = swarm_in_every_state
     path = proxy_dir(experiment, 4) / "result.json"
     path.parent.mkdir(parents=True)
-    path.write_text(content.replace("HASH", Mixture.load(experiment.work.swarm / "n4.json").content_hash()))
+    path.write_text(content.replace("HASH", Mixture.load(experiment.work.mixture(4)).content_hash()))
     with pytest.raises(RegmixError, match=problem) as info:
         collect(experiment)
     assert str(info.value).startswith(str(path))
@@ -107,7 +120,7 @@ write_json_atomic(out / "result.json", record)
 
 def fake_result(experiment: ExperimentConfig, index: int) -> dict:
     """A result.json in the shape `train.loop.Member.result` writes, with made-up numbers."""
-    mixture = Mixture.load(experiment.work.swarm / f"n{index}.json")
+    mixture = Mixture.load(experiment.work.mixture(index))
     names = list(Manifest.load(experiment.work.manifest).valid)
     return {
         "mixture": dict(mixture.weights), "mixture_hash": mixture.content_hash(),
@@ -117,9 +130,13 @@ def fake_result(experiment: ExperimentConfig, index: int) -> dict:
     }
 
 
-def start_collector(experiment: ExperimentConfig) -> subprocess.Popen:
-    child = subprocess.Popen([sys.executable, "-c", COLLECTOR, experiment.path], stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "ready"
+def start_collector(experiment: ExperimentConfig, fault: str | None = None) -> subprocess.Popen:
+    """A child running collect in a loop (after it says ready); with `fault`, it SIGKILLs itself there."""
+    env = {**os.environ, **({"REGMIX_FAULT": fault} if fault else {})}
+    child = subprocess.Popen([sys.executable, "-c", COLLECTOR, experiment.path], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env)
+    ready = child.stdout.readline().strip()
+    assert ready == "ready", f"collector exited {child.wait()} before it was ready: {child.stderr.read()[-2000:]}"
     return child
 
 
@@ -152,9 +169,11 @@ def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment
                           json.dumps(fake_result(experiment, i))])
         for i, delay in zip(indices, delays)
     ]
-    seen, done = 0, 0
+    seen, done, deadline = 0, 0, time.monotonic() + 120
     try:
         while done < 8 or any(f.poll() is None for f in finishers):
+            assert collector.poll() is None, f"collect died: {collector.stderr.read()[-3000:]}"
+            assert time.monotonic() < deadline, f"after 120 s, {done} of 8 rows done"
             if experiment.work.results.exists():
                 now = whole_table(experiment.work.results, indices)
                 assert now >= done, "a done row disappeared"
@@ -163,6 +182,9 @@ def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment
     finally:
         collector.kill()
         collector.wait()
+        for finisher in finishers:
+            finisher.kill()
+            finisher.wait()
     assert [f.wait() for f in finishers] == [0] * 8
     assert done == 8 and seen > 8
     rows = read_rows(experiment.work.results)
@@ -172,23 +194,64 @@ def test_eight_proxies_finishing_while_collect_loops_lose_no_row(tiny_experiment
     print(f"8 proxies finished during {seen} reads of results.csv; rows lost or torn: 0")
 
 
+COLLECT_KILLS = ["open results.csv@1", "write results.csv@1", "write results.csv@2", "open results.csv@5",
+                 "write results.csv@9"]
+"""Kill collect inside its n-th write of results.csv: just after creating the temporary file, or
+once it is complete and synced but not yet renamed into place."""
+
+
 def test_sigkilled_collect_leaves_the_old_or_the_new_results_csv(tiny_experiment):
     experiment = ExperimentConfig.load(tiny_experiment(n=8))
     indices = list(range(1, 9))
     for i in indices[:5]:
         proxy_dir(experiment, i).mkdir(parents=True)
         write_json_atomic(proxy_dir(experiment, i) / "result.json", fake_result(experiment, i))
-    rng = np.random.default_rng(4)
-    kills, torn_writes = 25, 0
-    for _ in range(kills):
-        child = start_collector(experiment)
-        time.sleep(float(rng.uniform(0.0, 0.3)))
-        child.kill()
-        child.wait()
-        assert whole_table(experiment.work.results, indices) == 5
+    for number, fault in enumerate(COLLECT_KILLS):
+        child = start_collector(experiment, fault)
+        assert child.wait(timeout=120) == -signal.SIGKILL, f"{fault}: {child.stderr.read()[-2000:]}"
+        if number < 2:  # killed inside the first write of results.csv there ever was
+            assert not experiment.work.results.exists()
+        else:
+            assert whole_table(experiment.work.results, indices) == 5
         leftovers = [p for p in experiment.work.root.iterdir() if p.name.startswith(".results.csv.")]
-        assert all(p.suffix == ".tmp" for p in leftovers)
-        torn_writes += len(leftovers)
-        for p in leftovers:
-            p.unlink()
-    print(f"{kills} SIGKILLs of collect, {torn_writes} inside a write of results.csv; torn tables seen: 0")
+        assert len(leftovers) == 1 and leftovers[0].suffix == ".tmp", f"{fault}: not inside a write"
+        leftovers[0].unlink()
+    print(f"{len(COLLECT_KILLS)} SIGKILLs of collect, every one inside a write of results.csv; torn tables: 0")
+
+
+def test_collect_tolerates_files_that_vanish_while_it_scans(swarm_in_every_state, monkeypatch):
+    """A proxy renames its `.result.json.*.tmp` into place between collect's listing and its stat."""
+    run = swarm_in_every_state.work.proxy(2).path
+    (run / ".result.json.x.tmp").write_text("{}")
+    listed = os.scandir
+
+    def scandir_then_rename(path):
+        found = list(listed(path))
+        for entry in found:
+            if entry.name.endswith(".tmp"):
+                os.unlink(entry.path)  # gone before collect stats it
+        return iter(found)
+
+    monkeypatch.setattr(files_module.os, "scandir", scandir_then_rename)
+    assert [row.status for row in collect(swarm_in_every_state).rows] == ["done", "running", "failed", "missing"]
+
+
+def test_collect_never_fails_while_a_result_is_being_rewritten(swarm_in_every_state):
+    result = swarm_in_every_state.work.proxy(2).path / "result.json"
+    record = fake_result(swarm_in_every_state, 2)
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        while not stop.is_set():
+            write_json_atomic(result, record)
+
+    writer = threading.Thread(target=rewrite, daemon=True)
+    writer.start()
+    try:
+        for _ in range(300):
+            statuses = [row.status for row in collect(swarm_in_every_state).rows]
+            assert statuses[1] in ("running", "done")
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert not writer.is_alive()

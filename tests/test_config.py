@@ -30,7 +30,8 @@ def write(tmp_path, text):
 @pytest.mark.parametrize("text, problem", [
     ("data: {domains: {a: {paths: [a.jsonl]}}}\n", "missing key work_dir"),
     ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarn: {}\n", "unknown key.*swarn"),
-    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}, valid_documents: many}\n", "data.valid_documents: expected int"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}, valid_documents: many}\n",
+     "data.valid_documents: expected int"),
     ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 0}\n",
      "proxy.train_tokens: must be >= 1"),
     ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarm: {n: 0}\n", "swarm.n: must be >= 1"),
@@ -46,7 +47,8 @@ def test_bad_config_is_one_line_naming_the_file(tmp_path, text, problem):
 
 
 def test_paths_resolve_against_the_config_file(tmp_path):
-    path = write(tmp_path, "work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 8}\n")
+    path = write(tmp_path, "work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\n"
+                           "proxy: {deepspeed_config: d.json, train_tokens: 8}\n")
     experiment = ExperimentConfig.load(path)
     assert experiment.work.manifest == tmp_path / "w" / "data" / "manifest.json"
     assert experiment.resolve(experiment.require_proxy().deepspeed_config) == tmp_path / "d.json"
@@ -57,7 +59,8 @@ def test_the_readme_example_config_is_valid(tmp_path):
     example = readme.split("`pile.yaml`:\n```yaml\n", 1)[1].split("```", 1)[0]
     experiment = ExperimentConfig.load(write(tmp_path, example))
     assert len(experiment.data.domains) == 17
-    assert (experiment.swarm.n, experiment.require_proxy().preset, experiment.proxy.train_tokens) == (512, "proxy-1m", 10**9)
+    assert (experiment.swarm.n, experiment.require_proxy().preset, experiment.proxy.train_tokens) == (
+        512, "proxy-1m", 10**9)
     assert experiment.data.tokenizer == "EleutherAI/gpt-neox-20b" and experiment.fit.target == "pile_cc"
 
 

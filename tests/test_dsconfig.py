@@ -36,7 +36,8 @@ def base_settings(**changes):
 
 def test_the_expected_configs_ship():
     names = {p.name for p in SHIPPED}
-    assert {"zero0.json", "zero1.json", "zero2.json", "zero3.json", "zero3_gpu_bf16.json", "zero3_gpu_offload.json"} <= names
+    assert {"zero0.json", "zero1.json", "zero2.json", "zero3.json",
+            "zero3_gpu_bf16.json", "zero3_gpu_offload.json"} <= names
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)

@@ -174,9 +174,10 @@ def test_real_engine_every_zero_stage_saves_resumes_and_gathers(tmp_path):
         assert found["state"]["lm_head.weight"] == [64, 16] and len(found["state"]) == 21
         assert all(norm is not None and norm > 0 for _, norm in found["first"]), f"ZeRO {stage}: no grad norm"
         assert found["lr"] == [1e-2, 1e-2]
-        for (loss, norm), (ref_loss, ref_norm) in zip(found["first"] + found["after"], reference["first"] + reference["after"]):
+        for (loss, norm), (ref_loss, ref_norm) in zip(found["first"] + found["after"],
+                                                      reference["first"] + reference["after"]):
             assert loss == pytest.approx(ref_loss, abs=1e-5) and norm == pytest.approx(ref_norm, rel=1e-4)
-    leftovers = [p for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{ENGINE_PORT}_*")]
+    leftovers = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{ENGINE_PORT}_*"))
     assert leftovers == [], "shutdown must remove this rank's shared-memory buffer"
 
 
@@ -232,7 +233,8 @@ DAMAGE_SCRIPT = textwrap.dedent(
         found = {"intact": outcome(ds_engine, directory)}
         for name in sorted(p.name for p in directory.glob("*.pt")):
             found[f"missing {name}"] = damaged(ds_engine, directory, name, os.unlink)
-            found[f"truncated {name}"] = damaged(ds_engine, directory, name, lambda p: os.truncate(p, p.stat().st_size // 2))
+            found[f"truncated {name}"] = damaged(ds_engine, directory, name,
+                                                 lambda p: os.truncate(p, p.stat().st_size // 2))
             found[f"missing, old marker {name}"] = damaged(ds_engine, directory, name, os.unlink, old_marker=True)
             found[f"pickled object {name}"] = damaged(ds_engine, directory, name, pickled_object)
         found["intact again"] = outcome(ds_engine, directory)

@@ -10,7 +10,9 @@ from regmix_ds.data.export import megatron_data_path
 
 
 def write_manifest(directory, domains):
-    split = lambda name: {"prefix": f"data/{name}", "tokens": 100, "documents": 1}
+    def split(name):
+        return {"prefix": f"data/{name}", "tokens": 100, "documents": 1}
+
     path = directory / "manifest.json"
     path.write_text(json.dumps({
         "format": FORMAT, "tokenizer": {"path": "tok", "vocab_size": 8, "eos_token_id": 0}, "seed": 0,

@@ -1,12 +1,12 @@
 """File helpers under fire (atomic writes survive SIGKILL), safe names, and a scan of the package
 for anything that would run code out of a user's file."""
 import ast
+import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from regmix_ds.core.errors import RegmixError
@@ -23,41 +23,45 @@ REWRITER = """
 import itertools, sys
 from regmix_ds.core.files import write_json_atomic
 path, start, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-print("ready", flush=True)
 for generation in itertools.count(start):
     write_json_atomic(path, {"generation": generation, "payload": f"{generation};" * size})
 """
+KILLS = [("open", 1), ("write", 1), ("write", 2), ("open", 3), ("write", 7), ("open", 12)]
+"""(phase, n): kill a rewriter inside its n-th write, just after it created its temporary file
+(`open`) or once that file is complete and synced but not yet renamed (`write`)."""
 
 
-def start_rewriter(path: Path, start: int, size: int) -> subprocess.Popen:
-    """A child rewriting `path` with generation start, start+1, ... until killed (after it says ready)."""
-    child = subprocess.Popen([sys.executable, "-c", REWRITER, str(path), str(start), str(size)], cwd=ROOT,
-                             stdout=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "ready"
-    return child
+def killed_rewriter(path: Path, start: int, size: int, fault: str) -> None:
+    """A child rewriting `path` with generation start, start+1, ... that SIGKILLs itself at `fault`."""
+    child = subprocess.run([sys.executable, "-c", REWRITER, str(path), str(start), str(size)], cwd=ROOT,
+                           env={**os.environ, "REGMIX_FAULT": fault}, capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, f"{fault}: exit {child.returncode}: {child.stderr[-2000:]}"
 
 
 def test_sigkilled_json_rewrites_leave_the_old_or_the_new_file_never_a_torn_one(tmp_path):
-    path, size, kills = tmp_path / "result.json", 2_000_000, 50
-    rng = np.random.default_rng(5)
-    generation, torn_writes = -1, 0
-    for _ in range(kills):
-        child = start_rewriter(path, generation + 1, size)
-        time.sleep(float(rng.uniform(0.0, 0.2)))
-        child.kill()
-        assert child.wait() < 0
-        if path.exists():  # absent only when killed inside the very first write
+    path, size = tmp_path / "result.json", 2_000_000
+    generation = -1
+    for phase, n in KILLS:
+        start = generation + 1
+        killed_rewriter(path, start, size, f"{phase} {path.name}@{n}")
+        completed = n - 1  # writes that finished before the n-th one was killed
+        if start == 0 and completed == 0:
+            assert not path.exists()
+        else:
             data = read_json(path)
-            assert data["generation"] >= generation, "an older file came back"
+            assert data["generation"] == (start + completed - 1 if completed else generation)
             assert data["payload"] == f"{data['generation']};" * size
             generation = data["generation"]
         leftovers = [p for p in tmp_path.iterdir() if p != path]
-        assert all(p.name.startswith(f".{path.name}.") and p.name.endswith(".tmp") for p in leftovers), leftovers
-        torn_writes += len(leftovers)
-        for p in leftovers:  # a killed writer cannot clean up; its temp file is hidden and named as one
-            p.unlink()
+        # The kill landed inside a write: its temporary file is there, hidden and named as one:
+        # empty just after it was created, complete (the next generation, never shown) before the rename.
+        assert len(leftovers) == 1 and leftovers[0].name.startswith(f".{path.name}.") and leftovers[0].suffix == ".tmp"
+        if phase == "open":
+            assert leftovers[0].stat().st_size == 0
+        else:
+            assert read_json(leftovers[0])["generation"] == start + completed
+        leftovers[0].unlink()  # a killed writer cannot clean up after itself
     assert generation >= 0, "no write ever finished"
-    print(f"{kills} SIGKILLs of a JSON rewriter, {torn_writes} inside a write; torn files seen: 0")
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path):
@@ -125,7 +129,8 @@ def unsafe_call(node: ast.Call) -> list[str]:
         found.append(name)
     elif name == "torch.load" and not is_constant(keywords.get("weights_only"), True):
         found.append("torch.load without weights_only=True")
-    elif name in ("np.load", "numpy.load") and "allow_pickle" in keywords and not is_constant(keywords["allow_pickle"], False):
+    elif (name in ("np.load", "numpy.load") and "allow_pickle" in keywords
+          and not is_constant(keywords["allow_pickle"], False)):
         found.append("np.load(allow_pickle=...)")
     return found
 
@@ -153,7 +158,8 @@ torch.load(p); torch.load(p, weights_only=False); subprocess.run(cmd, shell=True
         "import dill", "eval", "exec", "os.system", "pickle.loads", "yaml.load", "torch.load without weights_only=True",
         "torch.load without weights_only=True", "subprocess.run(shell=...)", "np.load(allow_pickle=...)",
     ])
-    good = "torch.load(p, map_location='cpu', weights_only=True); yaml.safe_load(f); model.eval(); subprocess.run([a, b])"
+    good = ("torch.load(p, map_location='cpu', weights_only=True); yaml.safe_load(f); model.eval(); "
+            "subprocess.run([a, b])")
     assert unsafe_calls(good) == []
 
 

@@ -5,7 +5,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.pipeline.proxies import sbatch_line, task_indices, train_config
 from regmix_ds.train.group import CHECKPOINT, plan_group
-from tests.conftest import ROOT
-from tests.helpers import proxy_dir, run_cli, wait_for_steps
+from tests.conftest import ROOT, corpus_of, make_experiment
+from tests.helpers import proxy_dir, run_cli
 
 TIMING = {"wall_seconds", "tokens_per_s", "mfu", "matmul_peak_flops_per_s"}
 HOW_TRAINED = {"group_size", "zero_stage"}
@@ -33,7 +32,8 @@ def train_losses(experiment, index):
 def assert_same_run(ours, reference, tolerance):
     """Same settings, steps and tokens, validation losses within `tolerance` (timing and grouping aside)."""
     ignored = TIMING | HOW_TRAINED | {"valid_loss"}
-    assert {k: v for k, v in ours.items() if k not in ignored} == {k: v for k, v in reference.items() if k not in ignored}
+    assert ({k: v for k, v in ours.items() if k not in ignored}
+            == {k: v for k, v in reference.items() if k not in ignored})
     for name, loss in reference["valid_loss"].items():
         assert ours["valid_loss"][name] == pytest.approx(loss, abs=tolerance), name
 
@@ -69,57 +69,73 @@ def test_a_group_of_four_matches_four_separate_runs_after_50_steps(tiny_experime
         assert group_losses[i] == pytest.approx(train_losses(experiment, i), abs=1e-4)
 
 
-def start_group(config, indices="1-3"):
-    return subprocess.Popen([sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--indices", indices],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+@pytest.fixture(scope="module")
+def group_reference(tiny_manifest, tmp_path_factory):
+    """Swarm members 1-3 (40 steps) trained as one uninterrupted group, once for the module: their result.json."""
+    config = make_experiment(corpus_of(tiny_manifest), tmp_path_factory.mktemp("group") / "experiment", n=3, steps=40)
+    trained = run_cli("proxy", "--config", config, "--indices", "1-3")
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    return {i: result(ExperimentConfig.load(config), i) for i in range(1, 4)}
+
+
+def run_group_until(config, fault: str) -> subprocess.CompletedProcess:
+    """`regmix-ds proxy --indices 1-3` stopping itself at a fault point (`REGMIX_FAULT`)."""
+    return run_cli("proxy", "--config", config, "--indices", "1-3", env={**os.environ, "REGMIX_FAULT": fault})
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
-def test_a_group_killed_at_a_random_step_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path, seed):
+def test_a_group_killed_at_a_random_step_resumes_to_the_uninterrupted_result(tiny_experiment, group_reference, seed):
     config = tiny_experiment(n=3, steps=40, save_interval=3)
     experiment = ExperimentConfig.load(config)
-    assert run_cli("proxy", "--config", config, "--indices", "1-3").returncode == 0
-    reference = {i: result(experiment, i) for i in range(1, 4)}
-    shutil.move(experiment.work.proxies, tmp_path / "reference")
-
     kill_at = int(np.random.default_rng(seed).integers(4, 36))
-    process = start_group(config)
-    wait_for_steps(proxy_dir(experiment, 3) / "metrics.jsonl", kill_at)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
+    killed = run_group_until(config, f"step@{kill_at}")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert len(train_losses(experiment, 3)) == kill_at
     assert not any((proxy_dir(experiment, i) / "result.json").exists() for i in range(1, 4))
     rerun = run_cli("proxy", "--config", config, "--indices", "1-3")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rerun.stdout.count("resumed from") == 3
     for i in range(1, 4):
-        assert_same_run(result(experiment, i), reference[i], tolerance=1e-6)
-        steps = [json.loads(line)["step"] for line in (proxy_dir(experiment, i) / "metrics.jsonl").read_text().splitlines()
+        assert_same_run(result(experiment, i), group_reference[i], tolerance=1e-6)
+        steps = [json.loads(line)["step"]
+                 for line in (proxy_dir(experiment, i) / "metrics.jsonl").read_text().splitlines()
                  if '"loss"' in line]
         assert steps == list(range(1, 41))  # lines of the killed segment past its checkpoint are gone
 
 
 @pytest.mark.slow
-def test_members_checkpointed_at_different_steps_train_as_subgroups(tiny_experiment, tmp_path):
+def test_a_signalled_group_checkpoints_every_member_at_one_step_and_resumes(tiny_experiment, group_reference):
     config = tiny_experiment(n=3, steps=40)
     experiment = ExperimentConfig.load(config)
-    assert run_cli("proxy", "--config", config, "--indices", "1-3").returncode == 0
-    reference = {i: result(experiment, i) for i in range(1, 4)}
-    shutil.move(experiment.work.proxies, tmp_path / "reference")
-
-    process = start_group(config)
-    wait_for_steps(proxy_dir(experiment, 3) / "metrics.jsonl", 10)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 75, process.stdout.read()
+    stopped = run_group_until(config, "step@10:TERM")  # Slurm's warning before a time limit, after step 10
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
     saved = {i: [p.name for p in (proxy_dir(experiment, i) / "checkpoints").iterdir() if CHECKPOINT.match(p.name)]
              for i in range(1, 4)}
-    assert all(len(names) == 1 for names in saved.values()) and len({n[0] for n in saved.values()}) == 1
-    # As if the group had been killed before member 2 saved: it restarts while 1 and 3 resume.
-    shutil.rmtree(proxy_dir(experiment, 2) / "checkpoints")
+    # A signal is seen at the next step's end, as in a single run: every member stops after step 11.
+    assert saved == {i: ["group-step00000011.pt"] for i in range(1, 4)}
+    rerun = run_cli("proxy", "--config", config, "--indices", "1-3")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert rerun.stdout.count("resumed from") == 3
+    for i in range(1, 4):
+        assert_same_run(result(experiment, i), group_reference[i], tolerance=1e-6)
+
+
+@pytest.mark.slow
+def test_members_checkpointed_at_different_steps_train_as_subgroups(tiny_experiment, group_reference):
+    config = tiny_experiment(n=3, steps=40, save_interval=5)
+    experiment = ExperimentConfig.load(config)
+    # Killed inside the first save, after members 1 and 2 wrote their checkpoints and before member 3 did.
+    killed = run_group_until(config, "member checkpoint@2")
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    saved = {i: sorted(p.name for p in (proxy_dir(experiment, i) / "checkpoints").glob("*") if CHECKPOINT.match(p.name))
+             for i in range(1, 4)}
+    assert saved == {1: ["group-step00000005.pt"], 2: ["group-step00000005.pt"], 3: []}
     rerun = run_cli("proxy", "--config", config, "--indices", "1-3")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert rerun.stdout.count("resumed from") == 2 and "group of 1" in rerun.stderr and "group of 2" in rerun.stderr
     for i in range(1, 4):
-        assert_same_run(result(experiment, i), reference[i], tolerance=1e-6)
+        assert_same_run(result(experiment, i), group_reference[i], tolerance=1e-6)
 
 
 def test_run_swarm_trains_groups_that_collect_reads(tiny_experiment):

@@ -67,7 +67,8 @@ def test_reads_int32_and_multi_sentence_documents(tmp_path):
     assert dataset[1].tolist() == [70000, 3, 0]
 
 
-@pytest.mark.parametrize(("vocab", "dtype"), [(1024, np.uint16), (65499, np.uint16), (65500, np.int32), (128256, np.int32)])
+@pytest.mark.parametrize(("vocab", "dtype"),
+                         [(1024, np.uint16), (65499, np.uint16), (65500, np.int32), (128256, np.int32)])
 def test_dtype_follows_megatron_threshold(vocab, dtype):
     assert dtype_for_vocab(vocab) == np.dtype(dtype)
 

@@ -75,7 +75,8 @@ def test_manifest_describes_every_shard(tiny_corpus_config, tiny_manifest, token
 def test_shards_decode_to_the_input_documents(tiny_corpus_config, tiny_manifest, tokenizer):
     manifest = Manifest.load(tiny_manifest)
     for name in ("code", "chat"):
-        decoded = [d for kind in ("train", "valid") for d in decode_documents(IndexedDataset(getattr(manifest, kind)[name].prefix), tokenizer)]
+        decoded = [d for kind in ("train", "valid")
+                   for d in decode_documents(IndexedDataset(getattr(manifest, kind)[name].prefix), tokenizer)]
         assert Counter(decoded) == Counter(texts_of(tiny_corpus_config.parent / f"{name}.jsonl"))
     target = decode_documents(IndexedDataset(manifest.valid["target"].prefix), tokenizer)
     assert target == texts_of(tiny_corpus_config.parent / "target.jsonl")  # a target keeps its order
@@ -139,7 +140,8 @@ def test_crash_midway_never_looks_done(workspace, monkeypatch):
 
 
 def write_config(tmp_path, tokenizer_dir, domains, targets=None, **data):
-    config = {"work_dir": "work", "data": {"tokenizer": str(tokenizer_dir), "valid_documents": 2, "domains": domains, **data}}
+    config = {"work_dir": "work",
+              "data": {"tokenizer": str(tokenizer_dir), "valid_documents": 2, "domains": domains, **data}}
     if targets:
         config["data"]["targets"] = targets
     path = tmp_path / "exp.yaml"
@@ -175,7 +177,8 @@ def test_reads_parquet_txt_saved_datasets_and_other_fields(tmp_path, tokenizer_d
         targets={"multi": {"paths": [part1, part2], "text_field": "content"}},
     )
     manifest = prepare(ExperimentConfig.load(config))
-    counts = {name: manifest.valid[name].documents + (manifest.train[name].documents if name in manifest.train else 0) for name in manifest.valid}
+    counts = {name: manifest.valid[name].documents + (manifest.train[name].documents if name in manifest.train else 0)
+              for name in manifest.valid}
     assert counts == {"pq": 5, "txt": 3, "saved": 4, "multi": 3}  # empty and whitespace-only documents dropped
     multi = decode_documents(IndexedDataset(manifest.valid["multi"].prefix), tokenizer)
     assert multi == ["first", "second", "third"]
@@ -189,8 +192,10 @@ def test_parallel_map_gives_the_same_shards(tmp_path, tokenizer_dir):
         work = tmp_path / f"w{num_proc}"
         work.mkdir()
         shutil.copy(tmp_path / name, work / name)
-        prepare(ExperimentConfig.load(write_config(work, tokenizer_dir, {"many": {"paths": [name]}}, num_proc=num_proc)))
-        shards[num_proc] = [(work / "work" / "data" / f"many_{s}.{x}").read_bytes() for s in ("train", "valid") for x in ("bin", "idx")]
+        prepare(ExperimentConfig.load(write_config(work, tokenizer_dir, {"many": {"paths": [name]}},
+                                                   num_proc=num_proc)))
+        shards[num_proc] = [(work / "work" / "data" / f"many_{s}.{x}").read_bytes()
+                            for s in ("train", "valid") for x in ("bin", "idx")]
     assert shards[1] == shards[2]
 
 
@@ -210,14 +215,19 @@ GOOD = [{"text": f"good document number {i}"} for i in range(5)]
 BAD_INPUTS = {
     "missing input file": (lambda d: {"paths": ["nope.jsonl"]}, {}, "nope.jsonl: input file not found"),
     "empty file": (lambda d: {"paths": [write_file(d / "e.jsonl", "")]}, {}, "e.jsonl: empty file"),
-    "no text": (lambda d: {"paths": [write_jsonl(d / "t.jsonl", [{"text": " "}, {"text": ""}])]}, {}, "t.jsonl: no text"),
-    "missing text field": (lambda d: {"paths": [write_jsonl(d / "f.jsonl", [{"body": "x"}])]}, {}, "f.jsonl: no text field 'text'"),
-    "text field not text": (lambda d: {"paths": [write_jsonl(d / "i.jsonl", [{"text": 3}])]}, {}, "i.jsonl: field 'text' holds"),
+    "no text": (lambda d: {"paths": [write_jsonl(d / "t.jsonl", [{"text": " "}, {"text": ""}])]}, {},
+                "t.jsonl: no text"),
+    "missing text field": (lambda d: {"paths": [write_jsonl(d / "f.jsonl", [{"body": "x"}])]}, {},
+                           "f.jsonl: no text field 'text'"),
+    "text field not text": (lambda d: {"paths": [write_jsonl(d / "i.jsonl", [{"text": 3}])]}, {},
+                            "i.jsonl: field 'text' holds"),
     "malformed json": (lambda d: {"paths": [write_file(d / "m.jsonl", '{"text": "a"\n')]}, {}, "m.jsonl: cannot read"),
     "unknown kind": (lambda d: {"paths": [write_file(d / "x.csv", "a,b\n")]}, {}, "x.csv: unknown input kind"),
-    "too few documents": (lambda d: {"paths": [write_jsonl(d / "s.jsonl", GOOD[:2])]}, {}, "s.jsonl: 2 non-empty documents leave none"),
+    "too few documents": (lambda d: {"paths": [write_jsonl(d / "s.jsonl", GOOD[:2])]}, {},
+                          "s.jsonl: 2 non-empty documents leave none"),
     "unknown config key": (lambda d: {"paths": ["good.jsonl"]}, {"bogus": 1}, "unknown key(s) bogus"),
-    "tokenizer path missing": (lambda d: {"paths": ["good.jsonl"]}, {"tokenizer": "./missing_tok"}, "data.tokenizer: tokenizer directory"),
+    "tokenizer path missing": (lambda d: {"paths": ["good.jsonl"]}, {"tokenizer": "./missing_tok"},
+                               "data.tokenizer: tokenizer directory"),
     "not a saved dataset": (lambda d: {"paths": [(d / "dir").mkdir() or "dir"]}, {}, "dir: directory is not a saved"),
 }
 
@@ -226,7 +236,8 @@ BAD_INPUTS = {
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, tokenizer_dir, capsys, case):
     make_source, extra, message = BAD_INPUTS[case]
     good = write_jsonl(tmp_path / "good.jsonl", GOOD)
-    config = write_config(tmp_path, tokenizer_dir, {"fine": {"paths": [good]}, "broken": make_source(tmp_path)}, **extra)
+    config = write_config(tmp_path, tokenizer_dir, {"fine": {"paths": [good]}, "broken": make_source(tmp_path)},
+                          **extra)
     assert main(["prepare", "--config", str(config)]) == 2
     assert message in error_line(capsys.readouterr().err)
     assert not (tmp_path / "work").exists()

@@ -1,15 +1,12 @@
 import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.pipeline.proxies import format_ranges, parse_ranges, sbatch_line, train_config
-from tests.helpers import proxy_dir, run_cli, wait_for_steps
+from tests.helpers import logged_steps, proxy_dir, run_cli
 
 
 @pytest.mark.parametrize("indices, text", [([1, 2, 3, 7, 9, 10], "1-3,7,9-10"), ([5], "5"), ([3, 1, 2, 2], "1-3")])
@@ -82,12 +79,10 @@ def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_
     reference = json.loads((out / "result.json").read_text())
     os.rename(out, tmp_path / "reference")
 
-    process = subprocess.Popen([sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--index", "1"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    wait_for_steps(out / "metrics.jsonl", 5)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=120) == 75, process.stdout.read()
-    assert not (out / "result.json").exists()
+    # SIGTERM (what Slurm sends before a time limit) after step 5; the proxy checkpoints and asks for a requeue.
+    stopped = run_cli("proxy", "--config", config, "--index", 1, env={**os.environ, "REGMIX_FAULT": "step@5:TERM"})
+    assert stopped.returncode == 75, stopped.stdout + stopped.stderr
+    assert logged_steps(out / "metrics.jsonl") == 6 and not (out / "result.json").exists()
     resumed = run_cli("proxy", "--config", config, "--index", 1)
     assert resumed.returncode == 0 and "resumed from" in resumed.stdout, resumed.stdout + resumed.stderr
     result = json.loads((out / "result.json").read_text())

@@ -18,13 +18,14 @@ def fitted(regmix_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
     table = read_regmix_tables(regmix_data / "data/train_mixture_1m.csv", regmix_data / "data/train_pile_loss_1m.csv")
     fit(table, Target.parse("pile_cc"), FitConfig(regressor="linear"), out / "fit")
-    run_simulate(out / "fit", out / "best.json", SimulateConfig(candidates=5000, bootstrap=4), regmix_data / "token_prior.yaml",
-                 progress=False)
+    run_simulate(out / "fit", out / "best.json", SimulateConfig(candidates=5000, bootstrap=4),
+                 regmix_data / "token_prior.yaml", progress=False)
     return out
 
 
 def test_report_writes_three_pngs(fitted, tmp_path):
-    assert main(["report", "--model", str(fitted / "fit"), "--best", str(fitted / "best.json"), "--out", str(tmp_path)]) == 0
+    assert main(["report", "--model", str(fitted / "fit"), "--best", str(fitted / "best.json"),
+                 "--out", str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["domain_vs_target.png", "predicted_vs_measured.png", "weights.png"]
     for path in tmp_path.iterdir():

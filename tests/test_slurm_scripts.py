@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 def slurm_problem() -> str | None:
     if not shutil.which("sbatch"):
         return "sbatch not installed (launchers/setup.sh installs Slurm as root on Debian)"
-    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True)
+    ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=30)
     if "UP" not in ping.stdout:
         return f"no Slurm controller reachable (SLURM_CONF={os.environ.get('SLURM_CONF')}): {ping.stdout.strip()}"
     return None
@@ -33,33 +33,45 @@ def require_slurm():
         pytest.skip(problem)
 
 
+@pytest.fixture(autouse=True)
+def cancel_leftover_jobs():
+    """Whatever a test submitted is cancelled when it ends, passed or failed: no orphans for the next test."""
+    yield
+    if SUBMITTED:
+        subprocess.run(["scancel", *SUBMITTED], capture_output=True, timeout=30)
+        SUBMITTED.clear()
+
+
+SUBMITTED: list[str] = []
+
+
 def sbatch(*args, cwd) -> str:
-    done = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, cwd=ROOT)
+    done = subprocess.run(["sbatch", "--parsable", *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
-    return done.stdout.strip().split(";")[0]
+    job = done.stdout.strip().split(";")[0]
+    SUBMITTED.append(job)
+    return job
+
+
+def job_gone(job_id: str, logs) -> str | None:
+    """None while the job is queued or running; else what its log says."""
+    queued = subprocess.run(["squeue", "-h", "-j", job_id], capture_output=True, text=True, timeout=30)
+    if queued.returncode != 0 or queued.stdout.strip():
+        return None
+    log = "\n".join(p.read_text()[-2000:] for p in logs.glob(f"*{job_id}*.log"))
+    return f"Slurm job {job_id} left the queue; its log ends: {log}"
 
 
 def wait_for_job(job_id: str, timeout: float = 600) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True)
+        queued = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%i %T"], capture_output=True, text=True,
+                                timeout=30)
         if queued.returncode == 0 and not queued.stdout.strip():
             return
         time.sleep(1)
     raise AssertionError(f"Slurm job {job_id} still queued after {timeout} s")
-
-
-def start_requeued_now(task: str, timeout: float = 120) -> None:
-    """Slurm holds a requeued job about two minutes (Reason=BeginTime) once it is pending again:
-    wait for that, then let it start at once."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        state = subprocess.run(["squeue", "-h", "-j", task, "-o", "%T"], capture_output=True, text=True).stdout.strip()
-        if state == "PENDING":
-            subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], capture_output=True, text=True)
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"Slurm task {task} never went back to pending after the requeue")
 
 
 def results(experiment, indices):
@@ -97,10 +109,9 @@ def test_requeued_task_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_
     experiment = ExperimentConfig.load(config)
     out = proxy_dir(experiment, 1)
     job = sbatch("--array=1", f"--chdir={tmp_path}", "slurm/proxies.sh", config, cwd=ROOT)
-    wait_for_steps(out / "metrics.jsonl", 5)
-    requeue = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True)
+    wait_for_steps(out / "metrics.jsonl", 5, gone=lambda: job_gone(job, tmp_path))
+    requeue = subprocess.run(["scontrol", "requeue", f"{job}_1"], capture_output=True, text=True, timeout=30)
     assert requeue.returncode == 0, requeue.stderr
-    start_requeued_now(f"{job}_1")
     wait_for_job(job)
     log = next(tmp_path.glob("regmix-proxy-*_1.log")).read_text()
     assert "restart 1" in log and "resumed from" in log, log
@@ -122,7 +133,8 @@ def test_target_script_runs_two_ranks_through_srun(tiny_manifest, tmp_path):
     mixture.write_text(json.dumps({"weights": {d: 1 / len(domains) for d in domains}}))
     out = tmp_path / "target"
     job = sbatch(
-        "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", f"--chdir={tmp_path}", "--export=ALL,MASTER_PORT=29631",
+        "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1", f"--chdir={tmp_path}",
+        "--export=ALL,MASTER_PORT=29632",
         "slurm/target.sh", "--manifest", tiny_manifest, "--mixture", mixture,
         "--deepspeed_config", ROOT / "ds_configs" / "zero3.json", "--preset", "tiny", "--seq-len", 32,
         "--steps", 3, "--out", out, cwd=ROOT,

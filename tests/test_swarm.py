@@ -33,7 +33,8 @@ def swarm_statistics(weights: np.ndarray) -> np.ndarray:
     renormalised first (the released table is rounded to 3 decimals, so its rows sum to 1 +- 0.003)."""
     weights = weights / weights.sum(axis=1, keepdims=True)
     logs = np.log(np.where(weights > 0, weights, 1.0))
-    return np.array([(weights == 0).sum(axis=1).mean(), weights.max(axis=1).mean(), -(weights * logs).sum(axis=1).mean()])
+    return np.array([(weights == 0).sum(axis=1).mean(), weights.max(axis=1).mean(),
+                     -(weights * logs).sum(axis=1).mean()])
 
 
 def table(path: Path) -> pd.DataFrame:
@@ -108,7 +109,8 @@ def test_mixture_files_match_the_table(small_prior_file, tmp_path):
         np.testing.assert_array_equal(mixture.vector(rows.columns), rows.loc[i].to_numpy())
         metadata = json.loads((out / f"n{i}.json").read_text())
         assert metadata["index"] == i and metadata["seed"] == 1
-        assert SWARM_PRESETS["default"]["min_strength"] <= metadata["strength"] <= SWARM_PRESETS["default"]["max_strength"]
+        assert (SWARM_PRESETS["default"]["min_strength"] <= metadata["strength"]
+                <= SWARM_PRESETS["default"]["max_strength"])
 
 
 def test_every_mixture_obeys_cap_min_weight_and_dedup():

@@ -83,9 +83,9 @@ def test_weighted_target_resolves_short_and_full_names(tmp_path):
     ],
 )
 def test_bad_tables_are_one_line_errors(tmp_path, mixtures, losses, target, problem):
-    m, l = write(tmp_path / "m.csv", mixtures), write(tmp_path / "l.csv", losses)
+    m, loss_file = write(tmp_path / "m.csv", mixtures), write(tmp_path / "l.csv", losses)
     with pytest.raises(RegmixError, match=problem) as info:
-        Target.parse(target).values(read_regmix_tables(m, l))
+        Target.parse(target).values(read_regmix_tables(m, loss_file))
     assert "\n" not in str(info.value)
 
 
@@ -97,14 +97,17 @@ def test_weights_table_checks_domains_by_name(tmp_path):
 
 
 def test_prior_flat_or_under_train(tmp_path):
-    nested = prior_by_domain(write(tmp_path / "p.yaml", "train:\n  train_the_pile_unzip_a: 1\n  train_the_pile_unzip_b: 3\nvalid: {}\n"))
+    nested = prior_by_domain(write(tmp_path / "p.yaml",
+                                   "train:\n  train_the_pile_unzip_a: 1\n  train_the_pile_unzip_b: 3\nvalid: {}\n"))
     flat = prior_by_domain(write(tmp_path / "q.json", '{"a": 1, "b": 3}'))
     assert nested == flat == {"a": 1.0, "b": 3.0}
     with pytest.raises(RegmixError, match="non-negative"):
         prior_by_domain(write(tmp_path / "r.yaml", "a: -1\n"))
 
 
-@pytest.mark.parametrize("text, problem", [("a", "needs a value"), ("a=1,a=2", "twice"), ("=1", "empty name"), ("a=inf", "not finite")])
+@pytest.mark.parametrize("text, problem", [
+    ("a", "needs a value"), ("a=1,a=2", "twice"), ("=1", "empty name"), ("a=inf", "not finite"),
+])
 def test_parse_pairs_errors(text, problem):
     with pytest.raises(RegmixError, match=problem):
         parse_pairs(text, "--max-weight")

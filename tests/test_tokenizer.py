@@ -70,5 +70,6 @@ def test_missing_local_tokenizer_is_named(tmp_path, spec):
 
 def test_hub_name_unavailable_offline_is_one_line(tmp_path):
     with pytest.raises(RegmixError, match="cannot load tokenizer") as err:
-        tok.load_tokenizer("no-such-org/no-such-tokenizer", tmp_path / "no-such-org/no-such-tokenizer", "data.tokenizer")
+        tok.load_tokenizer("no-such-org/no-such-tokenizer", tmp_path / "no-such-org/no-such-tokenizer",
+                           "data.tokenizer")
     assert "\n" not in str(err.value)

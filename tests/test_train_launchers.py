@@ -4,10 +4,9 @@ import json
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
 
-from regmix_ds.train.single import EXIT_REQUEUE
+from regmix_ds.train.loop import EXIT_REQUEUE
 from tests.test_trainer import (
     STEPS,
     assert_hf_model_reproduces,
@@ -15,7 +14,6 @@ from tests.test_trainer import (
     finish,
     launch,
     run,
-    signal_after_step,
     step_losses,
     train_args,
     write_mixture,
@@ -34,20 +32,8 @@ def deepspeed_command(args: list[str]) -> list[str]:
 
 
 def mpirun_command(args: list[str]) -> list[str]:
-    return [str(BIN / "mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2", sys.executable, "train.py", *args]
-
-
-def rank_processes(launcher_pid: int, local_rank: int) -> list[int]:
-    """PIDs of the train.py processes the deepspeed launcher started for `local_rank`."""
-    found = []
-    for child in psutil.Process(launcher_pid).children(recursive=True):
-        try:
-            command = child.cmdline()
-        except psutil.NoSuchProcess:
-            continue
-        if "train.py" in command and f"--local_rank={local_rank}" in command:
-            found.append(child.pid)
-    return found
+    return [str(BIN / "mpirun"), "--allow-run-as-root", "--oversubscribe", "-np", "2",
+            sys.executable, "train.py", *args]
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +59,11 @@ def test_deepspeed_launcher_trains_two_zero3_ranks(deepspeed_reference, tiny_man
 def test_deepspeed_launcher_resumes_after_a_signal_to_one_rank(deepspeed_reference, tiny_manifest):
     out = deepspeed_reference["base"] / "deepspeed_interrupted"
     command = deepspeed_command(train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8))
-    process = launch(command, DEEPSPEED_PORT)
-    # Only rank 1 is signalled: the ranks agree by all-reduce and both save before exiting.
-    signal_after_step(process, out, lambda: rank_processes(process.pid, local_rank=1))
+    # Only rank 1 is signalled, after step 2: the ranks agree by all-reduce and both save before exiting.
+    process = launch(command, DEEPSPEED_PORT, fault={"REGMIX_FAULT": "step@2:USR1", "REGMIX_FAULT_RANK": "1"})
     code, output = finish(process)
     assert code == EXIT_REQUEUE, output[-4000:]
-    assert max(step_losses(out)) < STEPS and not (out / "result.json").exists()
+    assert max(step_losses(out)) == 3 and not (out / "result.json").exists()
     code, output = run(command + ["--resume", "auto"], DEEPSPEED_PORT)
     assert code == 0, output[-4000:]
     assert_same_run(out, deepspeed_reference["out"])

@@ -2,12 +2,12 @@
 
 Multi-process launches (deepspeed launcher, mpirun) are in test_train_launchers.py.
 """
+import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from regmix_ds.commands import train as train_command
-from regmix_ds.core.config import TrainConfig
+from regmix_ds.core.config import ExperimentConfig, TrainConfig
 from regmix_ds.core.dsconfig import load_ds_config, with_mixture
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.layout import RunDir
@@ -24,7 +24,7 @@ from regmix_ds.core.mixture import Mixture
 from regmix_ds.train import engine, single
 from regmix_ds.train.loop import EXIT_REQUEUE, MetricsFile
 from regmix_ds.train.plan import learning_rate, plan_run
-from tests.helpers import wait_for_steps
+from tests.conftest import corpus_of, make_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = ROOT / "ds_configs" / "zero3.json"
@@ -55,13 +55,21 @@ def train_args(manifest: Path, out: Path, mixture: Path | None, **flags) -> list
     return args
 
 
-def launch(command: list[str], port: int, **popen) -> subprocess.Popen:
-    env = {**os.environ, "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen)
+def launch(command: list[str], port: int, fault: dict[str, str] | None = None, **popen) -> subprocess.Popen:
+    """Start a run; `fault` (e.g. `{"REGMIX_FAULT": "step@2:USR1"}`) makes it stop itself at a fault point."""
+    env = {**os.environ, "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **(fault or {})}
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
 
 
-def finish(process: subprocess.Popen, timeout: float = 900) -> tuple[int, str]:
-    output, _ = process.communicate(timeout=timeout)
+def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
+    """Wait for a launched run (bounded: a run still going after `timeout` is killed and fails the test)."""
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        raise AssertionError(f"still running after {timeout} s; its output ends: {output[-3000:]}") from None
     return process.returncode, output
 
 
@@ -72,17 +80,6 @@ def run(command: list[str], port: int) -> tuple[int, str]:
 def step_losses(out: Path) -> dict[int, float]:
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {line["step"]: line["loss"] for line in lines if "loss" in line}
-
-
-def signal_after_step(process: subprocess.Popen, out: Path, targets, step: int = 2) -> None:
-    """Send SIGUSR1 to `targets()` once metrics.jsonl shows `step`: the run then stops mid-way."""
-    metrics = out / "metrics.jsonl"
-    while process.poll() is None:
-        if metrics.exists() and max(step_losses(out), default=0) >= step:
-            for pid in targets():
-                os.kill(pid, signal.SIGUSR1)
-            return
-        time.sleep(0.02)
 
 
 def assert_same_run(resumed: Path, reference: Path, tolerance: float = 1e-6) -> None:
@@ -160,7 +157,7 @@ def test_schedules_warm_up_then_hold_or_decay_to_the_floor(tiny_manifest, tmp_pa
     assert all(learning_rate(s, constant) == 1e-3 for s in range(4, 20))
     decay = [learning_rate(s, cosine) for s in range(4, 21)]
     assert decay[0] == pytest.approx(1e-3) and decay[-1] == pytest.approx(1e-4)
-    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert all(a > b for a, b in itertools.pairwise(decay))
 
 
 def test_plan_turns_tokens_into_whole_global_batches(tiny_manifest, tmp_path):
@@ -309,12 +306,12 @@ def test_interrupted_run_resumes_to_the_same_losses(plain_runs, tiny_manifest):
     base, mixture = plain_runs["base"], plain_runs["mixture"]
     out = base / "interrupted"
     args = [sys.executable, "train.py", *train_args(tiny_manifest, out, mixture, eval_interval=8)]
-    process = launch(args, PLAIN_PORT)
-    signal_after_step(process, out, lambda: [process.pid])
+    process = launch(args, PLAIN_PORT, fault={"REGMIX_FAULT": "step@2:USR1"})  # Slurm's warning, after step 2
     code, output = finish(process)
     assert code == EXIT_REQUEUE, output
     stopped_at = max(step_losses(out))
-    assert 2 <= stopped_at < STEPS and not (out / "result.json").exists()
+    # The stop flag travels with the next step's loss all-reduce: every rank stops after step 3.
+    assert stopped_at == 3 and not (out / "result.json").exists()
     assert (out / "checkpoints" / f"step{stopped_at:08d}" / "complete.json").is_file()
 
     other = write_mixture(tiny_manifest, base / "other.json", skew=0.3)
@@ -356,11 +353,12 @@ TIMING_FIELDS = ("wall_seconds", "tokens_per_s", "mfu", "matmul_peak_flops_per_s
 """result.json fields measured by the clock: the only ones an interrupted run may change."""
 
 
-@pytest.fixture
-def killable_proxy(tiny_experiment):
+@pytest.fixture(scope="module")
+def killable_proxy(tiny_manifest, tmp_path_factory):
     """A 40-step proxy that checkpoints every step: (command for any --out, uninterrupted run directory)."""
-    config = tiny_experiment(n=2, steps=KILL_STEPS, save_interval=1)
-    mixture = config.parent / "work" / "swarm" / "n1.json"
+    config = make_experiment(corpus_of(tiny_manifest), tmp_path_factory.mktemp("kill") / "experiment", n=2,
+                             steps=KILL_STEPS, save_interval=1)
+    mixture = ExperimentConfig.load(config).work.mixture(1)
 
     def command(out: Path) -> list[str]:
         return [sys.executable, "-m", "regmix_ds", "proxy", "--config", str(config), "--mixture", str(mixture),
@@ -372,17 +370,11 @@ def killable_proxy(tiny_experiment):
     return command, reference
 
 
-def start_logged(command: list[str], log: Path) -> subprocess.Popen:
-    """Like `launch`, output to a file: a run we never read from must not block on a full pipe."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "MASTER_PORT": str(KILL_PORT), "OMP_NUM_THREADS": "1"}
-    with open(log, "ab") as handle:
-        return subprocess.Popen(command, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def sigkill(process: subprocess.Popen) -> None:
-    process.kill()
-    assert process.wait(timeout=60) == -signal.SIGKILL
+def killed_at(command: list[str], fault: str) -> str:
+    """Run `command` with `REGMIX_FAULT=fault`; it must die of SIGKILL there. Returns its output."""
+    code, output = finish(launch(command, KILL_PORT, fault={"REGMIX_FAULT": fault}))
+    assert code == -signal.SIGKILL, f"{fault}: exit {code}, the fault point was never reached\n{output[-3000:]}"
+    return output
 
 
 def assert_same_result(out: Path, reference: Path) -> None:
@@ -403,51 +395,40 @@ def test_proxy_killed_at_a_random_step_reruns_to_the_uninterrupted_result(killab
     for seed in (0, 1, 2):
         kill_at = int(np.random.default_rng(seed).integers(2, KILL_STEPS - 10))
         out = tmp_path / f"killed{seed}"
-        process = start_logged(command(out), tmp_path / "killed.log")
-        wait_for_steps(out / "metrics.jsonl", kill_at)
-        sigkill(process)
-        assert not (out / "result.json").exists(), f"seed {seed}: killed too late to test anything"
+        killed_at(command(out), f"step@{kill_at}")
+        assert max(step_losses(out)) == kill_at and not (out / "result.json").exists()
+        # Killed after logging step kill_at, before its checkpoint: the newest is the step before.
+        assert engine.verify_checkpoint(engine.newest_checkpoint(out / "checkpoints")) == kill_at - 1
         code, output = run(command(out), KILL_PORT)
         assert code == 0, output
         assert f"resumed from {out / 'checkpoints'}" in output
         assert_same_result(out, reference)
 
 
-def kill_while_saving(process: subprocess.Popen, checkpoints: Path, after: int, delay: float) -> bool:
-    """SIGKILL `delay` seconds after a save of a step beyond `after` starts; True if one was still
-    unfinished (a step directory without its marker) at the moment of the kill."""
-    def saving() -> bool:
-        return any(d.name > engine.checkpoint_tag(after) and not (d / engine.COMPLETE_MARKER).exists()
-                   for d in checkpoints.glob("step*"))
-
-    while not saving():
-        assert process.poll() is None, "the run ended before a save was seen"
-        time.sleep(0.001)
-    time.sleep(delay)
-    unfinished = saving()
-    sigkill(process)
-    return unfinished
+SAVE_KILLS = [("checkpoint@3", 3), ("write complete.json@5", 7), ("checkpoint@4", 10), ("write complete.json@2", 11)]
+"""(fault, step of the save it lands in) for successive kills of one run: inside a save, after
+DeepSpeed wrote the step's files and before the completion marker, or while the marker itself is
+half-written (its temporary file complete, not renamed). A rerun resumes from the step before and
+counts saves from there, so the n-th save of a rerun is of step (step resumed from) + n."""
 
 
 @pytest.mark.slow
 def test_kills_during_checkpoint_saves_leave_a_loadable_checkpoint_and_lose_nothing(killable_proxy, tmp_path):
     command, reference = killable_proxy
-    rng = np.random.default_rng(11)
-    out, kills, mid_save, step = tmp_path / "killed", 10, 0, 0
-    for _ in range(kills):
-        process = start_logged(command(out), tmp_path / "killed.log")
-        mid_save += kill_while_saving(process, out / "checkpoints", step, float(rng.uniform(0.0, 0.03)))
+    out = tmp_path / "killed"
+    for fault, step in SAVE_KILLS:
+        killed_at(command(out), fault)
         assert not (out / "result.json").exists()
+        unfinished = out / "checkpoints" / engine.checkpoint_tag(step)
+        assert unfinished.is_dir() and not (unfinished / engine.COMPLETE_MARKER).exists(), f"{fault}: not mid-save"
         newest = engine.newest_checkpoint(out / "checkpoints")
-        if newest is None:  # killed inside the first save: the rerun starts afresh
-            continue
-        step = engine.verify_checkpoint(newest)
+        assert engine.verify_checkpoint(newest) == step - 1
         for shard in newest.glob("*.pt"):
             assert engine.load_weights_only(str(shard))
     code, output = run(command(out), KILL_PORT)
     assert code == 0, output
     assert_same_result(out, reference)
-    print(f"{kills} SIGKILLs during checkpointing, {mid_save} inside a save; results lost: 0")
+    print(f"{len(SAVE_KILLS)} SIGKILLs inside checkpoint saves (every one asserted mid-save); results lost: 0")
 
 
 def test_a_restart_drops_metrics_past_the_checkpoint_and_a_torn_last_line(tmp_path):

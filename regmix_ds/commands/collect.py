@@ -12,7 +12,8 @@ def register(subparsers) -> None:
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
                         help="a run directory unchanged this long without a result counts as failed (default 30)")
-    parser.add_argument("--throttle", type=int, default=64, help="array throttle in the printed sbatch line (default 64)")
+    parser.add_argument("--throttle", type=int, default=64,
+                        help="array throttle in the printed sbatch line (default 64)")
     parser.set_defaults(run=run)
 
 

@@ -16,8 +16,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "manifest (zero-weight domains left out), for `--data-path $(regmix-ds export ...)`.",
     )
     parser.add_argument("--format", default="megatron", choices=["megatron"], help="output format (default megatron)")
-    parser.add_argument("--mixture", metavar="JSON", help="mixture file, e.g. best.json (default with --config: <work_dir>/best.json)")
-    parser.add_argument("--manifest", metavar="JSON", help="manifest.json (default with --config: <work_dir>/data/manifest.json)")
+    parser.add_argument("--mixture", metavar="JSON",
+                        help="mixture file, e.g. best.json (default with --config: <work_dir>/best.json)")
+    parser.add_argument("--manifest", metavar="JSON",
+                        help="manifest.json (default with --config: <work_dir>/data/manifest.json)")
     parser.add_argument("--config", metavar="EXP_YAML", help="experiment config supplying the two defaults above")
     parser.set_defaults(run=run)
 

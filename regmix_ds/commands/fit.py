@@ -19,11 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "DIR/model.json (+ model.txt for LightGBM), DIR/fit_report.json (k-fold Spearman, Pearson, RMSE) and "
         "DIR/cv_predictions.csv. Flags override the exp.yaml fit: section.",
     )
-    parser.add_argument("--config", metavar="EXP_YAML", help="experiment config: reads <work_dir>/results.csv and the fit: section, writes <work_dir>/fit/")
-    parser.add_argument("--results", metavar="CSV", help="our results.csv (index, status, w:<domain>, loss:<name>, ...)")
+    parser.add_argument("--config", metavar="EXP_YAML",
+                        help="experiment config: reads <work_dir>/results.csv and the fit: section, "
+                        "writes <work_dir>/fit/")
+    parser.add_argument("--results", metavar="CSV",
+                        help="our results.csv (index, status, w:<domain>, loss:<name>, ...)")
     parser.add_argument("--mixtures", metavar="CSV", help="RegMix layout: index + one weight column per domain")
     parser.add_argument("--losses", metavar="CSV", help="RegMix layout: index + one loss column per validation set")
-    parser.add_argument("--eval-mixtures", metavar="CSV", help="held-out runs' mixtures (RegMix layout), for an evaluation")
+    parser.add_argument("--eval-mixtures", metavar="CSV",
+                        help="held-out runs' mixtures (RegMix layout), for an evaluation")
     parser.add_argument("--eval-losses", metavar="CSV", help="held-out runs' losses (RegMix layout)")
     parser.add_argument("--eval-results", metavar="CSV", help="held-out runs as our results.csv")
     parser.add_argument("--out", metavar="DIR", help="output directory (default with --config: <work_dir>/fit)")
@@ -34,9 +38,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _training_table(args: argparse.Namespace, experiment):
     from regmix_ds.regress.tables import read_regmix_tables, read_results
 
-    chosen = [flag for flag, on in (("--config", experiment), ("--results", args.results), ("--mixtures/--losses", args.mixtures or args.losses)) if on]
+    chosen = [flag for flag, on in (("--config", experiment), ("--results", args.results),
+                                    ("--mixtures/--losses", args.mixtures or args.losses)) if on]
     if len(chosen) != 1:
-        raise RegmixError("--results", f"give exactly one input: --results, --mixtures with --losses, or --config (got {', '.join(chosen) or 'none'})")
+        raise RegmixError("--results", "give exactly one input: --results, --mixtures with --losses, or --config "
+                          f"(got {', '.join(chosen) or 'none'})")
     if experiment is not None:
         return read_results(experiment.work.results)
     if args.results:
@@ -54,7 +60,8 @@ def _evaluation_table(args: argparse.Namespace):
     if args.eval_results:
         return read_results(args.eval_results)
     if bool(args.eval_mixtures) != bool(args.eval_losses):
-        raise RegmixError("--eval-losses" if args.eval_mixtures else "--eval-mixtures", "--eval-mixtures and --eval-losses go together")
+        raise RegmixError("--eval-losses" if args.eval_mixtures else "--eval-mixtures",
+                          "--eval-mixtures and --eval-losses go together")
     return read_regmix_tables(args.eval_mixtures, args.eval_losses) if args.eval_mixtures else None
 
 

@@ -20,6 +20,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
     """argparse, but a bad flag is one line on stderr (and exit 2), like every other error."""
 
     def error(self, message: str) -> None:
+        """Exit 2 with `<prog>: error: <message> (see --help)` instead of the usage block."""
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a byte-level BPE (data.vocab_size) on the domains and save it at data.tokenizer "
         "instead of loading one; reused when the corpus has not changed",
     )
-    parser.add_argument("--force", action="store_true", help="rebuild every domain (and retrain the tokenizer) even if current")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild every domain (and retrain the tokenizer) even if current")
     parser.set_defaults(run=run)
 
 
@@ -31,4 +32,5 @@ def run(args: argparse.Namespace) -> None:
 
     manifest = prepare(ExperimentConfig.load(args.config), train_tokenizer=args.train_tokenizer, force=args.force)
     total = sum(split.tokens for split in manifest.train.values())
-    print(f"{manifest.path}: {len(manifest.domains)} domains, {total:,} training tokens, vocabulary {manifest.vocab_size}")
+    print(f"{manifest.path}: {len(manifest.domains)} domains, {total:,} training tokens, "
+          f"vocabulary {manifest.vocab_size}")

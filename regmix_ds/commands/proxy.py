@@ -5,7 +5,8 @@ ORDER = 40
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "proxy",
-        help="train proxy i, a group of proxies, or any mixture with the proxy settings (skips finished, resumes interrupted)",
+        help="train proxy i, a group of proxies, or any mixture with the proxy settings "
+        "(skips finished, resumes interrupted)",
         description="Train swarm member INDEX on swarm/n<INDEX>.json into proxies/n<INDEX>/ with the "
         "experiment's proxy: settings, or several members as one group in this process. Finished proxies "
         "(result.json exists) are skipped; interrupted ones resume from their newest checkpoint. Exit 75 means "
@@ -23,7 +24,16 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
-def run(args) -> int:
+def run(args) -> None:
+    """Train, then leave through the engine, which tears a process group down without gloo's exit
+    crash, whatever the outcome (an error or Ctrl-C included)."""
+    from regmix_ds.commands.main import run_reporting_errors
+    from regmix_ds.train import engine
+
+    engine.shutdown(run_reporting_errors(f"regmix-ds {args.command}", lambda: train(args)))
+
+
+def train(args) -> int:
     import os
     from pathlib import Path
 
@@ -31,23 +41,18 @@ def run(args) -> int:
     from regmix_ds.core.errors import RegmixError
     from regmix_ds.core.layout import RunDir
     from regmix_ds.pipeline import proxies
-    from regmix_ds.train import engine
 
     experiment = ExperimentConfig.load(args.config)
     if (args.mixture is None) != (args.out is None):
         raise RegmixError("--mixture", "--mixture and --out go together")
     if args.mixture is not None:
-        code = proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), RunDir(Path(args.out))))
-    elif args.indices is not None:
-        code = proxies.train_members(experiment, proxies.parse_ranges(args.indices, "--indices"))
-    else:
-        index = args.index if args.index is not None else task_index(args.task, os.environ)
-        if args.index is None and proxies.group_size(experiment) > 1:
-            code = proxies.train_members(experiment, proxies.task_indices(experiment, index))
-        else:
-            code = proxies.train_proxy(proxies.train_config(experiment, index))
-    # Leave through the engine: it tears the process group down without gloo's exit crash.
-    engine.shutdown(code)
+        return proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), RunDir(Path(args.out))))
+    if args.indices is not None:
+        return proxies.train_members(experiment, proxies.parse_ranges(args.indices, "--indices"))
+    index = args.index if args.index is not None else task_index(args.task, os.environ)
+    if args.index is None and proxies.group_size(experiment) > 1:
+        return proxies.train_members(experiment, proxies.task_indices(experiment, index))
+    return proxies.train_proxy(proxies.train_config(experiment, index))
 
 
 def task_index(task: int | None, environ) -> int:
@@ -56,7 +61,8 @@ def task_index(task: int | None, environ) -> int:
     if task is not None:
         return task
     if "SLURM_ARRAY_TASK_ID" not in environ:
-        raise RegmixError("--index", "required outside a Slurm array task (or give --indices, --task, or --mixture and --out)")
+        raise RegmixError("--index",
+                          "required outside a Slurm array task (or give --indices, --task, or --mixture and --out)")
     value = environ["SLURM_ARRAY_TASK_ID"]
     if not value.isdigit():
         raise RegmixError("SLURM_ARRAY_TASK_ID", f"expected an array task number, got {value!r}")

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> None:
     top = sorted(result.mixture.weights.items(), key=lambda item: -item[1])[:5]
     interval = "" if result.predicted_interval is None else " [{:.4g}, {:.4g}]".format(*result.predicted_interval)
     print(f"{out}: predicted target {result.predicted:.4g}{interval}; "
-          + ", ".join(f"{d} {w:.3f}" for d, w in top) + f" ({result.in_support} of {result.drawn} candidates in support)")
+          + ", ".join(f"{d} {w:.3f}" for d, w in top)
+          + f" ({result.in_support} of {result.drawn} candidates in support)")
     if args.out_config:
         print(f"{args.out_config}: DeepSpeed config with the mixture in its \"regmix\" block")

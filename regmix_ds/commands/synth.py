@@ -24,12 +24,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="news=0.6,code=0.3,chat=0.1",
         help="the target's true mixture as name=weight pairs (default news=0.6,code=0.3,chat=0.1)",
     )
-    parser.add_argument("--vocab-size", type=int, default=1024, help="tokenizer vocabulary put in exp.yaml (default 1024)")
+    parser.add_argument(
+        "--vocab-size", type=int, default=1024, help="tokenizer vocabulary put in exp.yaml (default 1024)"
+    )
     parser.add_argument(
         "--valid-documents", type=int, default=100, help="validation documents per domain put in exp.yaml (default 100)"
     )
     parser.add_argument(
-        "--deepspeed-config", help="also write the demo's swarm/proxy/fit/simulate sections, proxies using this DeepSpeed JSON"
+        "--deepspeed-config",
+        help="also write the demo's swarm/proxy/fit/simulate sections, proxies using this DeepSpeed JSON",
     )
     parser.set_defaults(run=run)
 

@@ -17,7 +17,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from regmix_ds.core.settings import add_flags
 
     add_flags(parser, TrainConfig, overrides=False)
-    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int, help="set by the deepspeed launcher")
+    parser.add_argument("--local_rank", "--local-rank", dest="local_rank", type=int,
+                        help="set by the deepspeed launcher")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

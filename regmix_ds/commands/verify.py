@@ -11,7 +11,8 @@ def register(subparsers) -> None:
         "summary.md and verify.json: each one's measured target loss beside the best and median swarm member.",
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml); fit.target names the target")
-    parser.add_argument("--reference", help="one more mixture JSON to train and compare (e.g. the synthetic truth.json)")
+    parser.add_argument("--reference",
+                        help="one more mixture JSON to train and compare (e.g. the synthetic truth.json)")
     parser.add_argument("--out", help="report folder (default <work_dir>/report)")
     parser.add_argument("--jobs", type=int, default=2, help="proxies trained at once (default 2)")
     parser.set_defaults(run=run)

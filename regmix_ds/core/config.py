@@ -50,6 +50,7 @@ class ModelShape(Settings):
     """RoPE base frequency."""
 
     def validate(self) -> None:
+        """Sizes >= 1, `hidden` split into heads of even size, kv_heads dividing heads, rope_theta > 0."""
         for name in ("layers", "heads", "hidden", "ffn"):
             self.require(getattr(self, name) >= 1, name, "must be >= 1")
         self.require(self.hidden % self.heads == 0 and (self.hidden // self.heads) % 2 == 0, "hidden",
@@ -126,6 +127,7 @@ class TrainSettings(Settings):
     """Print a progress line at least this often when the output is not a terminal (a terminal gets a bar)."""
 
     def validate(self) -> None:
+        """Exactly one of preset/model_config and of train_tokens/steps; every count and rate in range."""
         self.require((self.preset is None) != (self.model_config is None), "preset",
                      f"give exactly one of {self.name_of('preset')} and {self.name_of('model_config')}")
         self.require((self.train_tokens is None) != (self.steps is None), "train_tokens",
@@ -137,7 +139,8 @@ class TrainSettings(Settings):
             self.require(getattr(self, name) >= 0, name, f"must be >= 0, got {getattr(self, name)}")
         self.require(self.lr is None or self.lr > 0, "lr", f"must be a positive number, got {self.lr}")
         self.require(0.0 <= self.lr_floor <= 1.0, "lr_floor", f"must be within [0, 1], got {self.lr_floor}")
-        self.require(self.max_epochs is None or self.max_epochs > 0, "max_epochs", f"must be > 0, got {self.max_epochs}")
+        self.require(self.max_epochs is None or self.max_epochs > 0, "max_epochs",
+                     f"must be > 0, got {self.max_epochs}")
         self.require(self.log_seconds > 0, "log_seconds", f"must be > 0, got {self.log_seconds}")
 
 
@@ -200,6 +203,7 @@ class DataConfig(Settings):
     """Vocabulary of the tokenizer trained by `prepare --train-tokenizer`."""
 
     def validate(self) -> None:
+        """At least one domain, file-safe names that no target repeats, and counts >= 1."""
         self.require(bool(self.domains), "domains", "no domains configured")
         for name in [*self.domains, *self.targets]:
             problem = unsafe_name_problem(name, "domain name")
@@ -245,7 +249,8 @@ class SwarmConfig(Settings):
     seed: int = 0
     """Seed of the one random generator every draw comes from: same seed, byte-identical swarm."""
     preset: SwarmPreset = "default"
-    """Bundle of the sampling settings below (`regmix-paper` matches RegMix's released swarm); set fields override it."""
+    """Bundle of the sampling settings below (`regmix-paper` matches RegMix's released swarm);
+    set fields override it."""
     temperature: float | None = None
     """Exponent on the prior before sampling: 1 keeps it, 0 treats every domain alike (unset: the preset's)."""
     min_strength: float | None = None
@@ -266,6 +271,7 @@ class SwarmConfig(Settings):
     """A mixture closer than this (L1) to one already kept is rejected as a near-duplicate (unset: the preset's)."""
 
     def validate(self) -> None:
+        """Counts >= 1, each sampling setting that is set within its range, min_strength <= max_strength."""
         self.require(self.n >= 1, "n", "must be >= 1")
         self.require(self.seed >= 0, "seed", "must be >= 0")
         for name in ("min_strength", "max_strength", "cap", "max_epochs"):
@@ -309,6 +315,7 @@ class ProxyConfig(TrainSettings):
     """Grouped proxies also write `proxies/n<i>/hf/` (a proxy trained alone always does)."""
 
     def validate(self) -> None:
+        """The proxy-1m preset when no model is given, then the TrainSettings checks and group_size >= 1."""
         if self.preset is None and self.model_config is None:
             object.__setattr__(self, "preset", DEFAULT_PROXY_PRESET)
         super().validate()
@@ -349,6 +356,7 @@ class FitConfig(Settings):
     (on a busy 2-core machine, OpenMP spin-waiting made 2 threads 90x slower)."""
 
     def validate(self) -> None:
+        """Tree, fold and thread counts, seed, learning rate and subsample within their ranges."""
         for name in ("trees", "early_stopping", "threads", "min_data_in_leaf"):
             self.require(getattr(self, name) >= 1, name, "must be >= 1")
         self.require(self.folds >= 2, "folds", "must be >= 2")
@@ -388,8 +396,10 @@ class SimulateConfig(Settings):
     """Tokens the target model trains on (turns on the token budget; needs a manifest)."""
 
     def validate(self) -> None:
+        """Counts and rates in range, max_epochs and target_tokens together, each max_weight cap in (0, 1]."""
         self.require(self.candidates >= 1, "candidates", "must be >= 1")
-        self.require(0 < self.strength_min <= self.strength_max, "strength_min", "need 0 < strength_min <= strength_max")
+        self.require(0 < self.strength_min <= self.strength_max, "strength_min",
+                     "need 0 < strength_min <= strength_max")
         self.require(self.strengths >= 1, "strengths", "must be >= 1")
         self.require(1 <= self.top_k <= self.candidates, "top_k", "must be between 1 and candidates")
         self.require(self.bootstrap >= 0, "bootstrap", "must be >= 0")

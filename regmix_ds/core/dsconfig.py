@@ -86,6 +86,7 @@ class DeepSpeedSettings:
         return float(self.settings.get("gradient_clipping", 0.0))
 
     def batch_sizes(self, world_size: int) -> BatchSizes:
+        """The batch sizes on `world_size` ranks: the missing one of the three derived, or all three checked."""
         return resolve_batch(self.settings, world_size, self.path)
 
     def for_world(self, world_size: int, lr: float | None = None) -> dict:
@@ -128,7 +129,9 @@ def mixture_from_block(block: Any, where: str) -> Mixture | None:
     stored = entry.get("hash")
     if stored is not None and stored != mixture.content_hash():
         raise RegmixError(
-            where, f'"{REGMIX_KEY}.mixture.hash" is {stored} but the weights hash to {mixture.content_hash()} (edited by hand?)'
+            where,
+            f'"{REGMIX_KEY}.mixture.hash" is {stored} but the weights hash to {mixture.content_hash()} '
+            "(edited by hand?)",
         )
     return mixture
 
@@ -173,7 +176,8 @@ def resolve_batch(settings: Mapping[str, Any], world_size: int, where: str) -> B
 
 def _exact_quotient(total: int, divisor: int, where: str, what: str) -> int:
     if total % divisor:
-        raise RegmixError(where, f"{GLOBAL} {total} is not a multiple of {divisor}, so no whole {what} fits this world size")
+        raise RegmixError(where,
+                          f"{GLOBAL} {total} is not a multiple of {divisor}, so no whole {what} fits this world size")
     return total // divisor
 
 

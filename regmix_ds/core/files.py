@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import stat as stat_module
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import IO, Any
 
 import yaml
 
+from regmix_ds.core import faults
 from regmix_ds.core.errors import RegmixError
 
 
@@ -29,11 +31,13 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
+            faults.reached(f"open {path.name}")
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
         # mkstemp makes the file private (0600); give it the mode a plain open() would have.
         os.chmod(tmp, 0o666 & ~_umask())
+        faults.reached(f"write {path.name}")
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -48,11 +52,13 @@ def _umask() -> int:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` (UTF-8) to `path` so that a reader sees the old file or the new one, never a torn one."""
     with atomic_output(path) as handle:
         handle.write(text)
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` atomically as JSON, indented by 2, keys in their given order, with a final newline."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
@@ -125,3 +131,20 @@ def newest_mtime(directory: str | os.PathLike) -> float:
             except FileNotFoundError:
                 continue
     return newest
+
+
+def entries(directory: str | os.PathLike) -> list[Path]:
+    """The entries of `directory` now: none when it does not exist, or stopped existing while listed."""
+    try:
+        return list(Path(directory).iterdir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def size_or_none(path: str | os.PathLike) -> int | None:
+    """The size of regular file `path`, or None when there is none (now: it may vanish at any moment)."""
+    try:
+        stat = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_size if stat_module.S_ISREG(stat.st_mode) else None

@@ -21,6 +21,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from regmix_ds.core.files import entries
+
 MIXTURE_FILE = re.compile(r"n(\d+)\.json")
 
 
@@ -62,6 +64,7 @@ class RunDir:
         return self.path / "proxy.log"
 
     def is_done(self) -> bool:
+        """Whether the run finished: its result.json exists."""
         return self.result.is_file()
 
 
@@ -82,6 +85,30 @@ class DataDir:
     def stamp(self, name: str) -> Path:
         """What a domain's shards were built from (`prepare` skips a domain whose stamp matches)."""
         return self.path / f"{name}.prepared.json"
+
+
+@dataclass(frozen=True)
+class SwarmDir:
+    """The sampled swarm: one mixture file per proxy, the same table in RegMix's layout, the settings."""
+
+    path: Path
+
+    def mixture(self, index: int) -> Path:
+        """Swarm member `index`'s mixture (RegMix numbers its proxies from 1)."""
+        return self.path / f"n{index}.json"
+
+    def indices(self) -> list[int]:
+        """The indices of the `n<i>.json` files, ascending (empty if there is no swarm)."""
+        return sorted(int(m.group(1)) for p in entries(self.path) if (m := MIXTURE_FILE.fullmatch(p.name)))
+
+    @property
+    def table(self) -> Path:
+        """`index` then one column per domain (RegMix's `train_mixture_*.csv` layout)."""
+        return self.path / "swarm.csv"
+
+    @property
+    def settings(self) -> Path:
+        return self.path / "settings.json"
 
 
 @dataclass(frozen=True)
@@ -122,24 +149,19 @@ class WorkDir:
         return self.data.manifest
 
     @property
-    def swarm(self) -> Path:
-        return self.root / "swarm"
+    def swarm(self) -> SwarmDir:
+        return SwarmDir(self.root / "swarm")
 
     def mixture(self, index: int) -> Path:
-        """Swarm member `index`'s mixture (RegMix numbers its proxies from 1)."""
-        return self.swarm / f"n{index}.json"
-
-    def mixture_indices(self) -> list[int]:
-        """The indices of the swarm's `n<i>.json` files, ascending (empty if there is no swarm)."""
-        if not self.swarm.is_dir():
-            return []
-        return sorted(int(m.group(1)) for p in self.swarm.iterdir() if (m := MIXTURE_FILE.fullmatch(p.name)))
+        """Swarm member `index`'s mixture."""
+        return self.swarm.mixture(index)
 
     @property
     def proxies(self) -> Path:
         return self.root / "proxies"
 
     def proxy(self, index: int) -> RunDir:
+        """The run directory of swarm member `index`: proxies/n<index>."""
         return RunDir(self.proxies / f"n{index}")
 
     def group_log(self, first: int) -> Path:

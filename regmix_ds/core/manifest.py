@@ -35,6 +35,7 @@ class Split:
     documents: int
 
     def to_json(self, base: Path) -> dict:
+        """The manifest's SPLIT entry, `prefix` relative to `base`."""
         return {"prefix": os.path.relpath(self.prefix, base), "tokens": self.tokens, "documents": self.documents}
 
 
@@ -76,6 +77,7 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Manifest:
+        """Read and check a manifest.json; a wrong format, malformed entry or unsafe name is a RegmixError."""
         path = Path(path)
         data = read_json(path)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -98,8 +100,12 @@ class Manifest:
         return cls(path, tokenizer, seed, train, valid, hashes)
 
     def save(self) -> None:
+        """Write the manifest to its `path` atomically, split prefixes relative to its directory."""
         base = self.path.parent
-        entry = lambda name: {"valid": self.valid[name].to_json(base), "inputs_hash": self.inputs_hash.get(name, "")}
+
+        def entry(name: str) -> dict:
+            return {"valid": self.valid[name].to_json(base), "inputs_hash": self.inputs_hash.get(name, "")}
+
         write_json_atomic(
             self.path,
             {

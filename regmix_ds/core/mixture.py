@@ -80,9 +80,11 @@ class Mixture:
         return np.array([self.weights.get(name, 0.0) for name in domains], dtype=np.float64)
 
     def to_json(self, **metadata: Any) -> dict:
+        """The mixture file's content: weights, their content hash, then `metadata`."""
         return {"weights": dict(self.weights), "hash": self.content_hash(), **metadata}
 
     def save(self, path: str | os.PathLike, **metadata: Any) -> None:
+        """Write `to_json(**metadata)` to `path` atomically."""
         write_json_atomic(path, self.to_json(**metadata))
 
 

@@ -30,6 +30,7 @@ import contextlib
 import dataclasses
 import functools
 import inspect
+import itertools
 import math
 import textwrap
 import types
@@ -79,12 +80,13 @@ class Settings:
         return f"{cls.SECTION}.{field}" if cls.SECTION else flag_names(cls, field)[0]
 
     def _check_kind(self, name: str, value: Any, hint: Any, field: dataclasses.Field) -> None:
-        hint, optional = unwrap_optional(hint)
+        hint = unwrap_optional(hint)[0]
         if value is None:
             return
         choices = literal_choices(hint)
         if choices is not None:
-            self.require(value in choices, name, f"unknown {name.replace('_', ' ')} {value!r} (known: {', '.join(choices)})")
+            self.require(value in choices, name,
+                         f"unknown {name.replace('_', ' ')} {value!r} (known: {', '.join(choices)})")
         elif hint is float and isinstance(value, float) and not field.metadata.get("infinite"):
             self.require(math.isfinite(value), name, f"must be a finite number, got {value!r}")
         elif hint is int and isinstance(value, int) and not isinstance(value, bool):
@@ -122,7 +124,7 @@ def field_docs(cls: type) -> dict[str, str]:
         if not dataclasses.is_dataclass(klass):
             continue
         body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, after in zip(body, body[1:]):
+        for node, after in itertools.pairwise(body):
             if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
                     and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
                 docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
@@ -255,7 +257,8 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, overrides: bool, sk
             options["action"] = argparse.BooleanOptionalAction
         else:
             options.update(type=str if kind == "pairs" else kind, required=required,
-                           metavar="{" + ",".join(choices) + "}" if choices else ("D=W,..." if kind == "pairs" else None))
+                           metavar="{" + ",".join(choices) + "}" if choices
+                           else ("D=W,..." if kind == "pairs" else None))
         parser.add_argument(*flag_names(cls, field.name), **options)
 
 
@@ -347,7 +350,10 @@ def flag_rows(cls: type, skip: tuple[str, ...] = ()) -> list[tuple[str, str, str
 
 def markdown_table(header: tuple[str, str, str], rows: list[tuple[str, str, str]]) -> str:
     """Rows as a markdown table (pipes inside cells escaped)."""
-    cell = lambda text: text.replace("|", "\\|")
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
     lines = ["| " + " | ".join(header) + " |", "|---|---|---|"]
     lines += ["| " + " | ".join(map(cell, row)) + " |" for row in rows]
     return "\n".join(lines)

@@ -404,7 +404,8 @@ class BlendedSampler(torch.utils.data.Sampler[int]):
         self.consumed_samples = int(consumed)
 
 
-def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str, vocab_size: int | None = None) -> torch.Tensor:
+def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str,
+                  vocab_size: int | None = None) -> torch.Tensor:
     """The first min(count, available) packed samples of a validation stream: [rows, seq_len+1]."""
     _check_int("seq_len", seq_len, 1)
     _check_int("count", count, 1)

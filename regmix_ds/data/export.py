@@ -24,7 +24,8 @@ def megatron_data_path(mixture: Mixture, manifest: Manifest) -> list[str]:
         weight = mixture.weights[domain]
         prefix = str(manifest.train[domain].prefix)
         if any(c.isspace() for c in prefix):
-            raise RegmixError(manifest.path, f"prefix of {domain!r} contains whitespace: it cannot be one --data-path word")
+            raise RegmixError(manifest.path,
+                              f"prefix of {domain!r} contains whitespace: it cannot be one --data-path word")
         if weight > 0:
             pairs += [repr(weight), prefix]
     return pairs

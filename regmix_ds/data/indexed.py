@@ -142,7 +142,8 @@ class IndexedWriter:
         return idx_tmp
 
 
-def write_indexed(prefix: str | os.PathLike, documents: Iterable[Sequence[int] | np.ndarray], dtype: np.dtype | type) -> None:
+def write_indexed(prefix: str | os.PathLike, documents: Iterable[Sequence[int] | np.ndarray],
+                  dtype: np.dtype | type) -> None:
     """Write `documents` (one token sequence each) as `<prefix>.bin/.idx`, atomically."""
     with IndexedWriter(prefix, dtype) as writer:
         for document in documents:

@@ -33,6 +33,7 @@ from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic
 from regmix_ds.core.layout import DataDir
 from regmix_ds.core.manifest import Manifest, Split
+from regmix_ds.core.settings import locate
 from regmix_ds.data import tokenizer as tok
 from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
 
@@ -40,7 +41,8 @@ from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_voca
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 STAMP_FORMAT = "regmix-ds/prepared-1"
-BUILDERS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".parquet": "parquet", ".txt": "text"}
+BUILDERS = {".jsonl": "json", ".json": "json", ".jsonl.gz": "json", ".json.gz": "json", ".parquet": "parquet",
+            ".txt": "text"}
 MAP_BATCH_DOCUMENTS = 1000
 # A worker pool costs ~0.4 s to start, while one process already tokenizes on every core (the
 # Rust tokenizer's own threads): only a source big enough to give each worker this many
@@ -59,12 +61,14 @@ class Source:
     builder: str
     """A `datasets` builder (json, parquet, text) or `disk` for a `save_to_disk` directory."""
     text_field: str
+    config: str
+    """The exp.yaml it was configured in."""
 
     @property
     def where(self) -> str:
         """What an error about the whole source names: its file when it has one, else its config key."""
         section = "targets" if self.is_target else "domains"
-        return str(self.files[0]) if len(self.files) == 1 else f"data.{section}.{self.name}"
+        return str(self.files[0]) if len(self.files) == 1 else locate(self.config, f"data.{section}.{self.name}")
 
 
 def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: bool = False) -> Manifest:
@@ -72,19 +76,20 @@ def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: b
     data = config.data
     data_dir = config.work.data
     sources = resolve_sources(config)
-    tokenizer_dir = config.resolve(data.tokenizer)
+    tokenizer_dir, tokenizer_key = config.resolve(data.tokenizer), locate(config.path, "data.tokenizer")
     if train_tokenizer:
-        tok.check_can_train_into(tokenizer_dir, "data.tokenizer")
+        tok.check_can_train_into(tokenizer_dir, tokenizer_key)
     corpus_hash = _corpus_hash(sources, config)
-    must_train = train_tokenizer and (force or not tok.trained_tokenizer_is_current(tokenizer_dir, corpus_hash, data.vocab_size))
-    tokenizer = None if must_train else tok.load_tokenizer(data.tokenizer, tokenizer_dir, "data.tokenizer")
+    must_train = train_tokenizer and (
+        force or not tok.trained_tokenizer_is_current(tokenizer_dir, corpus_hash, data.vocab_size))
+    tokenizer = None if must_train else tok.load_tokenizer(data.tokenizer, tokenizer_dir, tokenizer_key)
     with tempfile.TemporaryDirectory(prefix="regmix-prepare-") as cache:
         pending = [s for s in sources if must_train or force or not _is_current(s, data_dir, config, tokenizer)]
         raw = {s.name: load_raw(s, Path(cache), None if s.is_target else data.valid_documents) for s in pending}
         if must_train:
             texts = training_texts(raw, sources)
             tok.train_tokenizer(texts, data.vocab_size, tokenizer_dir, corpus_hash)
-            tokenizer = tok.load_tokenizer(data.tokenizer, tokenizer_dir, "data.tokenizer")
+            tokenizer = tok.load_tokenizer(data.tokenizer, tokenizer_dir, tokenizer_key)
             pending = [s for s in pending if force or not _is_current(s, data_dir, config, tokenizer)]
         if pending:
             _remove_manifest(data_dir)
@@ -102,7 +107,7 @@ def resolve_sources(config: ExperimentConfig) -> list[Source]:
 
 
 def _resolve_source(name: str, spec: DomainSource, is_target: bool, config: ExperimentConfig) -> Source:
-    where = f"data.{'targets' if is_target else 'domains'}.{name}.paths"
+    where = locate(config.path, f"data.{'targets' if is_target else 'domains'}.{name}.paths")
     if not spec.paths:
         raise RegmixError(where, "no input files listed")
     files = tuple(config.resolve(path) for path in spec.paths)
@@ -112,7 +117,7 @@ def _resolve_source(name: str, spec: DomainSource, is_target: bool, config: Expe
     (builder,) = builders
     if builder == "disk" and len(files) > 1:
         raise RegmixError(where, "a saved dataset directory must be the domain's only input")
-    return Source(name, is_target, files, builder, "text" if builder == "text" else spec.text_field)
+    return Source(name, is_target, files, builder, "text" if builder == "text" else spec.text_field, config.path)
 
 
 def _builder_of(path: Path) -> str:
@@ -124,7 +129,8 @@ def _builder_of(path: Path) -> str:
         raise RegmixError(path, "input file not found")
     suffix = next((s for s in BUILDERS if path.name.endswith(s)), None)
     if suffix is None:
-        raise RegmixError(path, f"unknown input kind; expected one of {', '.join(BUILDERS)} or a saved dataset directory")
+        raise RegmixError(path, f"unknown input kind; expected one of {', '.join(BUILDERS)} "
+                                "or a saved dataset directory")
     if path.stat().st_size == 0:
         raise RegmixError(path, "empty file: no documents")
     return BUILDERS[suffix]
@@ -141,7 +147,8 @@ def load_raw(source: Source, cache: Path, valid_documents: int | None) -> Any:
         raise RegmixError(source.where, f"field {source.text_field!r} holds {feature}, not text")
     documents = _count_nonempty(dataset, source.text_field)
     if documents == 0:
-        raise RegmixError(source.where, f"no text: all {len(dataset)} documents are empty" if len(dataset) else "no documents")
+        raise RegmixError(source.where,
+                          f"no text: all {len(dataset)} documents are empty" if len(dataset) else "no documents")
     if valid_documents is not None and documents <= valid_documents:
         raise RegmixError(
             source.where,
@@ -215,6 +222,7 @@ class TokenizeBatch:
         self.eos = int(tokenizer.eos_token_id)
 
     def __call__(self, batch: Any) -> Any:
+        """The batch's non-empty documents as token ids, EOS appended, in an Arrow `input_ids` list column."""
         import itertools
 
         import pyarrow as pa
@@ -366,8 +374,12 @@ def _remove_manifest(data_dir: DataDir) -> None:
 
 
 def save_manifest(sources: list[Source], data_dir: DataDir, config: ExperimentConfig, tokenizer: Any) -> Manifest:
+    """Write manifest.json from the domains' stamps (train splits for domains, valid for all) and return it."""
     stamps = {s.name: read_json(data_dir.stamp(s.name)) for s in sources}
-    split = lambda name, kind: Split(data_dir.path / stamps[name]["splits"][kind]["prefix"], **_counts(stamps[name]["splits"][kind]))
+
+    def split(name: str, kind: str) -> Split:
+        return Split(data_dir.path / stamps[name]["splits"][kind]["prefix"], **_counts(stamps[name]["splits"][kind]))
+
     manifest = Manifest(
         path=data_dir.manifest,
         tokenizer=tok.info(tokenizer, config.data.tokenizer, config.resolve(config.data.tokenizer), data_dir.path),

@@ -141,9 +141,11 @@ class DomainGenerator:
         self.rank_probs = ranks / ranks.sum()
 
     def documents(self, count: int, rng: np.random.Generator) -> list[str]:
+        """`count` documents, drawn one after another from `rng`."""
         return [self.document(rng) for _ in range(count)]
 
     def document(self, rng: np.random.Generator) -> str:
+        """One document: a walk of gamma-distributed length cut into sentences (some repeated), then rendered."""
         low, high = self.style.sentence_words
         length = max(low, int(rng.gamma(2.0, self.style.doc_words / 2.0)))
         words = self._walk(length, rng)
@@ -264,7 +266,8 @@ def target_documents(
 
 def build_generators(settings: SynthSettings) -> dict[str, DomainGenerator]:
     """The generator of every domain in use, all drawing shared words from one seeded pool."""
-    shared_pool = _make_words(_rng(settings.seed, "shared", "language"), SHARED_POOL_SIZE, "bdfgklmnprstv", "aeiou", "prose", set())
+    shared_pool = _make_words(_rng(settings.seed, "shared", "language"), SHARED_POOL_SIZE, "bdfgklmnprstv", "aeiou",
+                              "prose", set())
     return {style.name: DomainGenerator(style, shared_pool, settings.seed) for style in STYLES[: settings.num_domains]}
 
 

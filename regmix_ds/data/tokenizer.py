@@ -38,9 +38,10 @@ def load_tokenizer(spec: str, local: Path, where: str) -> Any:
         raise RegmixError(where, f"tokenizer directory {local} not found")
     try:
         tokenizer = _tokenizer_class(local).from_pretrained(source)
-    except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise RegmixError(where, f"cannot load tokenizer {source!r} ({first_line})") from None
+    except Exception as err:  # transformers and tokenizers raise many types for a damaged directory
+        message = str(err).strip()
+        first_line = f"{type(err).__name__}: {message.splitlines()[0]}" if message else type(err).__name__
+        raise RegmixError(where, f"cannot load tokenizer {source!r} ({first_line[:300]})") from None
     _check_usable(tokenizer, source, where)
     return tokenizer
 
@@ -95,7 +96,8 @@ def trained_tokenizer_is_current(out_dir: Path, corpus_hash: str, vocab_size: in
 
 def check_can_train_into(out_dir: Path, where: str) -> None:
     """Refuse to overwrite a directory that is not a tokenizer this module trained."""
-    if out_dir.exists() and (not out_dir.is_dir() or (any(out_dir.iterdir()) and not (out_dir / TRAINING_RECORD).exists())):
+    if out_dir.exists() and (not out_dir.is_dir()
+                             or (any(out_dir.iterdir()) and not (out_dir / TRAINING_RECORD).exists())):
         raise RegmixError(where, f"{out_dir} exists and is not a tokenizer trained by regmix-ds; will not overwrite it")
 
 

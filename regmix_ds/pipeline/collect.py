@@ -31,6 +31,8 @@ STATUSES = ("done", "running", "failed", "missing")
 
 @dataclass(frozen=True)
 class ProxyRow:
+    """One swarm member as collect found it: its status, its mixture, and its result.json once done."""
+
     index: int
     status: str
     mixture: Mixture
@@ -39,12 +41,16 @@ class ProxyRow:
 
 @dataclass(frozen=True)
 class Collection:
+    """Every swarm member's row, in swarm order: what `collect` wrote to results.csv."""
+
     rows: list[ProxyRow]
 
     def indices(self, *statuses: str) -> list[int]:
+        """The swarm indices of the members with one of `statuses`, in swarm order."""
         return [row.index for row in self.rows if row.status in statuses]
 
     def counts(self) -> Counter:
+        """How many members have each status."""
         return Counter(row.status for row in self.rows)
 
 
@@ -90,8 +96,10 @@ def _loss_names(experiment: ExperimentConfig, rows: list[ProxyRow]) -> list[str]
 
 
 def write_results(path: Path, collection: Collection, loss_names: list[str]) -> None:
+    """Write `results.csv` atomically: one row per member, numbers as exact reprs, blank where unknown."""
     domains = list(collection.rows[0].mixture.domains)
-    header = ["index", "status", *(f"w:{d}" for d in domains), *(f"loss:{n}" for n in loss_names), "tokens", "wall_seconds"]
+    header = ["index", "status", *(f"w:{d}" for d in domains), *(f"loss:{n}" for n in loss_names),
+              "tokens", "wall_seconds"]
     with atomic_output(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)

@@ -33,12 +33,12 @@ EXIT_REQUEUE = 75
 
 def swarm_indices(experiment: ExperimentConfig) -> list[int]:
     """The proxy indices of the experiment's swarm, from its `n<i>.json` files, ascending."""
-    work = experiment.work
-    if not work.swarm.is_dir():
-        raise RegmixError(work.swarm, "no swarm here; run `regmix-ds swarm --config ...` first")
-    found = work.mixture_indices()
+    swarm = experiment.work.swarm
+    if not swarm.path.is_dir():
+        raise RegmixError(swarm.path, "no swarm here; run `regmix-ds swarm --config ...` first")
+    found = swarm.indices()
     if not found:
-        raise RegmixError(work.swarm, "swarm directory holds no n<i>.json mixtures")
+        raise RegmixError(swarm.path, "swarm directory holds no n<i>.json mixtures")
     return found
 
 
@@ -46,7 +46,8 @@ def train_config(experiment: ExperimentConfig, index: int) -> TrainConfig:
     """The training settings of swarm member `index`."""
     mixture = experiment.work.mixture(index)
     if not mixture.is_file():
-        raise RegmixError("--index", f"no mixture {mixture} (swarm indices: {format_ranges(swarm_indices(experiment))})")
+        raise RegmixError("--index",
+                          f"no mixture {mixture} (swarm indices: {format_ranges(swarm_indices(experiment))})")
     return proxy_train_config(experiment, mixture, experiment.work.proxy(index))
 
 

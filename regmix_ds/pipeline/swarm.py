@@ -27,6 +27,7 @@ import numpy as np
 from regmix_ds.core.config import ExperimentConfig, SwarmConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic, write_text_atomic
+from regmix_ds.core.layout import SwarmDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture, read_prior
 from regmix_ds.core.settings import Invalid
@@ -48,6 +49,7 @@ class Swarm:
     """Candidates drawn to find them (acceptance rate = n / draws)."""
 
     def mixtures(self) -> list[Mixture]:
+        """Each row as a renormalised Mixture, in proxy order (the first is proxy 1)."""
         return [
             Mixture.from_weights(dict(zip(self.domains, row)), renormalize=True, source=f"swarm mixture {i}")
             for i, row in enumerate(self.weights, start=1)
@@ -181,15 +183,15 @@ def write_swarm(
     config = config.resolved()
     mixtures = swarm.mixtures()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp"))
+    staging = SwarmDir(Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp")))
     try:
         for i, (mixture, strength) in enumerate(zip(mixtures, swarm.strengths), start=1):
-            mixture.save(staging / f"n{i}.json", index=i, strength=float(strength), seed=config.seed, preset=config.preset)
-        write_text_atomic(staging / "swarm.csv", swarm_csv(swarm, mixtures))
-        write_json_atomic(staging / "settings.json", _settings_record(swarm, config, prior, tokens))
-        _move_into_place(staging, out_dir, force)
+            mixture.save(staging.mixture(i), index=i, strength=float(strength), seed=config.seed, preset=config.preset)
+        write_text_atomic(staging.table, swarm_csv(swarm, mixtures))
+        write_json_atomic(staging.settings, _settings_record(swarm, config, prior, tokens))
+        _move_into_place(staging.path, out_dir, force)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.path, ignore_errors=True)
         raise
     return out_dir
 
@@ -265,7 +267,7 @@ def draw_swarm(
         manifest = Manifest.load(experiment.work.manifest)
         prior = _manifest_prior(manifest, prior_path)
         tokens = {name: split.tokens for name, split in manifest.train.items()}
-        out_dir = out_dir or str(experiment.work.swarm)
+        out_dir = out_dir or str(experiment.work.swarm.path)
     if settings.proxy_tokens is not None and tokens is None:
         raise Invalid(SwarmConfig, "proxy_tokens", "the epoch cap needs the manifest's token counts: use --config")
     return make_swarm(prior, settings, out_dir, tokens=tokens, force=force), Path(out_dir)

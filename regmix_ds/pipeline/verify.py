@@ -8,13 +8,13 @@ member's. Output: `verify.json` and `summary.md` (a markdown table) in the repor
 """
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic, write_text_atomic
+from regmix_ds.core.layout import RunDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.pipeline.proxies import run_proxy_processes
@@ -23,6 +23,8 @@ from regmix_ds.regress.tables import Target, read_results
 
 @dataclass(frozen=True)
 class Row:
+    """One line of the verification table: a mixture, its measured target loss, and a note."""
+
     name: str
     target_loss: float
     mixture: dict[str, float]
@@ -45,23 +47,36 @@ def verification_mixtures(experiment: ExperimentConfig, reference: Path | None) 
 
 def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None = None, jobs: int = 2) -> list[Row]:
     """Train the verification proxies (finished ones are reused) and compare them with the swarm."""
+    if not experiment.fit.target:
+        raise RegmixError(f"{experiment.path}: fit.target", "required: the loss the chosen mixture is judged by")
     target = Target.parse(experiment.fit.target, "fit.target")
-    mixtures = verification_mixtures(experiment, reference)
-    runs = {}
+    runs = train_verification_runs(experiment, verification_mixtures(experiment, reference), jobs)
+    rows = verification_rows(experiment, runs, target)
+    _write(out_dir, rows, experiment.fit.target)
+    return rows
+
+
+def train_verification_runs(experiment: ExperimentConfig, mixtures: dict[str, Mixture], jobs: int) -> dict[str, RunDir]:
+    """Train each mixture as a proxy with the swarm's settings, `jobs` at a time; finished ones are reused."""
+    runs, todo = {}, {}
     for name, mixture in mixtures.items():
         # Keyed by content: a new best.json gets a new run instead of the old one's result.
         run = experiment.work.verify_run(name, mixture.content_hash())
         mixture_file = run.path.with_suffix(".json")
         mixture.save(mixture_file)
-        runs[name] = (run, ["--mixture", str(mixture_file), "--out", str(run.path)])
-    todo = {name: (run.log, args) for name, (run, args) in runs.items() if not run.is_done()}
+        runs[name] = run
+        if not run.is_done():
+            todo[name] = (run.log, ["--mixture", str(mixture_file), "--out", str(run.path)])
     failed = run_proxy_processes(experiment, todo, jobs, "verify")
     if failed:
-        raise RegmixError(experiment.work.verify, f"verification run(s) failed: {', '.join(failed)}; see their proxy.log")
-    rows = [_trained_row(name, runs[name][0].result, target) for name in mixtures]
-    rows += _swarm_rows(experiment, target)
-    _write(out_dir, rows, experiment.fit.target)
-    return rows
+        raise RegmixError(experiment.work.verify,
+                          f"verification run(s) failed: {', '.join(failed)}; see their proxy.log")
+    return runs
+
+
+def verification_rows(experiment: ExperimentConfig, runs: dict[str, RunDir], target: Target) -> list[Row]:
+    """The trained mixtures' measured target losses, then the best and the median swarm member's."""
+    return [_trained_row(name, run.result, target) for name, run in runs.items()] + _swarm_rows(experiment, target)
 
 
 def _trained_row(name: str, result_path: Path, target: Target) -> Row:
@@ -74,15 +89,21 @@ def _trained_row(name: str, result_path: Path, target: Target) -> Row:
 
 
 def _swarm_rows(experiment: ExperimentConfig, target: Target) -> list[Row]:
+    """The best swarm member and the median one: with an even swarm, the lower of the two middle
+    members, each row with that member's own loss and mixture."""
     table = read_results(experiment.work.results)
     losses = target.values(table)
     order = sorted(range(len(losses)), key=lambda i: losses[i])
-    best, median = order[0], order[len(order) // 2]
-    as_mixture = lambda row: dict(zip(table.domains, map(float, table.weights[row])))
+    best, median = order[0], order[(len(order) - 1) // 2]
+
+    def row(name: str, position: int, note: str) -> Row:
+        mixture = dict(zip(table.domains, map(float, table.weights[position])))
+        return Row(name, float(losses[position]), mixture, note)
+
+    lower = " (the lower of the two middle members)" if len(order) % 2 == 0 else ""
     return [
-        Row("best swarm member", float(losses[best]), as_mixture(best), f"proxy {table.index[best]}"),
-        Row("median swarm member", float(statistics.median(losses)), as_mixture(median),
-            f"proxy {table.index[median]} of {len(losses)}"),
+        row("best swarm member", best, f"proxy {table.index[best]}"),
+        row("median swarm member", median, f"proxy {table.index[median]} of {len(losses)}{lower}"),
     ]
 
 

@@ -77,14 +77,17 @@ class LinearModel:
 
     @classmethod
     def fit(cls, weights: np.ndarray, target: np.ndarray) -> LinearModel:
+        """Least squares of `target` on `[1, weights]`: the intercept, then one coefficient per domain."""
         design = np.column_stack([np.ones(len(weights)), weights])
         solution = np.linalg.lstsq(design, target, rcond=None)[0]
         return cls(solution[0], solution[1:])
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
+        """The predicted target of each row of `weights`."""
         return self.intercept + np.asarray(weights, dtype=np.float64) @ self.coefficients
 
     def lowest_k(self, weights: np.ndarray, k: int, progress: bool = False) -> TopK:
+        """The k lowest-predicted rows, best first, from scoring every row (`progress` only matches TreeModel)."""
         scores = self.predict(weights)
         best = full_lowest_k(scores, k)
         return TopK(best, scores[best], 1.0)
@@ -100,6 +103,7 @@ class TreeModel:
 
     @classmethod
     def fit(cls, weights: np.ndarray, target: np.ndarray, settings: FitConfig, trees: int) -> TreeModel:
+        """A booster trained with `lightgbm_params(settings)` for exactly `trees` rounds."""
         data = lgb.Dataset(weights, target, params={"verbose": -1})
         return cls(lgb.train(lightgbm_params(settings), data, num_boost_round=trees))
 
@@ -108,6 +112,7 @@ class TreeModel:
         return self.booster.num_trees()
 
     def predict(self, weights: np.ndarray) -> np.ndarray:
+        """The booster's prediction for each row of `weights`, with all its trees."""
         return self.booster.predict(np.asarray(weights, dtype=np.float64), num_iteration=self.trees)
 
     @functools.cached_property
@@ -116,6 +121,7 @@ class TreeModel:
         return LeafBoxes.from_booster(self.booster)
 
     def lowest_k(self, weights: np.ndarray, k: int, progress: bool = False) -> TopK:
+        """The k lowest-predicted rows, best first, ranked as full prediction ranks them but pruned by `boxes`."""
         return lowest_k(self.booster, weights, k, boxes=self.boxes, progress=progress)
 
 
@@ -131,6 +137,8 @@ def fit_regressor(weights: np.ndarray, target: np.ndarray, settings: FitConfig, 
 
 @dataclass(frozen=True)
 class CrossValidation:
+    """What k-fold cross-validation gives: the tree count to keep and every run's out-of-fold prediction."""
+
     trees: int | None
     """The tree count picked inside the folds (None for the linear model)."""
     predictions: np.ndarray
@@ -175,13 +183,19 @@ def quality(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float | No
         spearman = stats.spearmanr(measured, predicted).statistic
         pearson = stats.pearsonr(measured, predicted).statistic if len(measured) > 1 else math.nan
     rmse = float(np.sqrt(np.mean((measured - predicted) ** 2)))
-    finite = lambda value: float(value) if np.isfinite(value) else None
+
+    def finite(value: float) -> float | None:
+        return float(value) if np.isfinite(value) else None
+
     return {"spearman": finite(spearman), "pearson": finite(pearson), "rmse": rmse, "runs": len(measured)}
 
 
 def format_quality(metrics: Mapping[str, Any]) -> str:
     """`Spearman 0.9921, Pearson 0.9892, RMSE 0.0483` (n/a for an undefined correlation)."""
-    shown = lambda value: "n/a" if value is None else f"{value:.4f}"
+
+    def shown(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.4f}"
+
     return f"Spearman {shown(metrics['spearman'])}, Pearson {shown(metrics['pearson'])}, RMSE {metrics['rmse']:.4g}"
 
 
@@ -296,7 +310,8 @@ def _load_regressor(data: Mapping[str, Any], domains: tuple[str, ...], model_dir
     except (OSError, UnicodeDecodeError) as err:
         raise RegmixError(booster_path, f"cannot read the booster ({err})") from None
     if hashlib.sha256(text.encode()).hexdigest() != data["booster"]["sha256"]:
-        raise RegmixError(booster_path, f"does not match {FitDir(model_dir).sidecar.name} (changed or corrupt); fit again")
+        raise RegmixError(booster_path,
+                          f"does not match {FitDir(model_dir).sidecar.name} (changed or corrupt); fit again")
     try:
         booster = lgb.Booster(model_str=text)
     except lgb.basic.LightGBMError as err:
@@ -328,7 +343,8 @@ def fit(
         "runs": len(measured),
         "domains": list(table.domains),
         "trees": validation.trees,
-        "cross_validation": {"folds": settings.folds, "metrics": {target.label: quality(measured, validation.predictions)}},
+        "cross_validation": {"folds": settings.folds,
+                             "metrics": {target.label: quality(measured, validation.predictions)}},
         "settings": dataclasses.asdict(settings),
         "inputs": {role: dict(entry) for role, entry in table.inputs.items()},
     }

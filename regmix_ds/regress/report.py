@@ -88,7 +88,8 @@ def domain_vs_target(domains: tuple[str, ...], weights: np.ndarray, target: np.n
     return figure
 
 
-def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike, best_path: str | os.PathLike | None = None) -> list[Path]:
+def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
+           best_path: str | os.PathLike | None = None) -> list[Path]:
     """Write the report's PNGs into `out_dir`; inputs are all read before the first one is written."""
     fitted = FittedModel.load(model_dir)
     measured, predicted = read_cv_predictions(model_dir)

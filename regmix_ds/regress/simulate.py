@@ -64,6 +64,7 @@ class Simulation:
 
 
 def log_spaced_strengths(settings: SimulateConfig) -> np.ndarray:
+    """`strengths` Dirichlet strengths from strength_min to strength_max, evenly spaced in log."""
     return np.geomspace(settings.strength_min, settings.strength_max, settings.strengths)
 
 
@@ -115,7 +116,8 @@ def resolve_prior(
         raise RegmixError(where, f"prior does not match the model's domains ({mismatch})")
     if sum(prior[d] for d in fitted.domains) <= 0:
         raise RegmixError(where, "prior is all zero")
-    return dict(Mixture.from_weights({d: prior[d] for d in fitted.domains}, renormalize=True, source=where).weights), where
+    return dict(Mixture.from_weights({d: prior[d] for d in fitted.domains}, renormalize=True,
+                                     source=where).weights), where
 
 
 def _interval(values: np.ndarray, confidence: float) -> np.ndarray:
@@ -195,7 +197,8 @@ def best_json_metadata(
         "target": fitted.target.label,
         "target_terms": fitted.target.to_json(),
         "intervals": intervals,
-        "top_k": {"k": settings.top_k, "best": float(scores.min()), "mean": float(scores.mean()), "worst": float(scores.max())},
+        "top_k": {"k": settings.top_k, "best": float(scores.min()), "mean": float(scores.mean()),
+                  "worst": float(scores.max())},
         "candidates": {"drawn": result.drawn, "in_support": result.in_support},
         "caps": dict(result.caps),
         "prior": dict(result.prior),

@@ -199,7 +199,8 @@ def _losses(header, body, names: list[str], index, path) -> tuple[dict[str, np.n
     losses = {}
     for short, column in columns.items():
         p = header.index(column)
-        losses[short] = np.array([_number(row[p], path, f"index {i}, column {column!r}") for row, i in zip(body, index)])
+        losses[short] = np.array([_number(row[p], path, f"index {i}, column {column!r}")
+                                  for row, i in zip(body, index)])
     return losses, columns
 
 
@@ -278,9 +279,11 @@ class Target:
 
     @classmethod
     def from_json(cls, data: Mapping[str, float]) -> Target:
+        """The target `to_json` wrote: `{loss name: coefficient}`, terms in the mapping's order."""
         return cls(tuple((str(k), float(v)) for k, v in data.items()))
 
     def to_json(self) -> dict[str, float]:
+        """The terms as `{loss name: coefficient}`, in order (what `from_json` reads back)."""
         return dict(self.terms)
 
     @property

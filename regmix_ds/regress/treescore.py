@@ -105,7 +105,10 @@ def _parse_model_text(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
     """LightGBM's text format: `key=value` header lines, then one `Tree=i` block per tree."""
     body = text.split("\nend of trees", 1)[0]
     head, *blocks = body.split("\nTree=")
-    parse = lambda lines: dict(line.split("=", 1) for line in lines if "=" in line)
+
+    def parse(lines: list[str]) -> dict[str, str]:
+        return dict(line.split("=", 1) for line in lines if "=" in line)
+
     return parse(head.splitlines()), [parse(block.splitlines()[1:]) for block in blocks]
 
 
@@ -114,7 +117,10 @@ def _tree_boxes(tree: dict[str, str], lower: np.ndarray, upper: np.ndarray, valu
     values[: len(leaf_values)] = leaf_values
     if int(tree["num_leaves"]) == 1:
         return True
-    numbers = lambda key, kind: np.array(tree[key].split(), dtype=kind)
+
+    def numbers(key: str, kind: type) -> np.ndarray:
+        return np.array(tree[key].split(), dtype=kind)
+
     decision = numbers("decision_type", np.int64)
     # Bit 0: categorical split. Bits 2-3 == 1: zero-as-missing, which sends exact zeros
     # (common in mixtures) the default way. Neither is a box `lower < x <= upper`.
@@ -144,7 +150,8 @@ def full_lowest_k(scores: np.ndarray, k: int) -> np.ndarray:
     return np.lexsort((np.arange(len(scores)), scores))[:k]
 
 
-def lowest_k(booster: lgb.Booster, rows: np.ndarray, k: int, *, boxes: LeafBoxes | None, progress: bool = False) -> TopK:
+def lowest_k(booster: lgb.Booster, rows: np.ndarray, k: int, *, boxes: LeafBoxes | None,
+             progress: bool = False) -> TopK:
     """The k rows with the lowest `booster.predict`, exactly as full prediction ranks them.
 
     `boxes` is `LeafBoxes.from_booster(booster)` (built once per model); None, or few rows,
@@ -159,9 +166,8 @@ def lowest_k(booster: lgb.Booster, rows: np.ndarray, k: int, *, boxes: LeafBoxes
         return TopK(best, scores[best], 1.0)
     features = _cell_features(booster)
     edges = [_quantile_edges(rows[:, f]) for f in features]
-    return _Pruning(booster, rows, k, probe, boxes.suffix_minimum(features, edges), _cell_ids(rows, features, edges)).run(
-        progress
-    )
+    return _Pruning(booster, rows, k, probe, boxes.suffix_minimum(features, edges),
+                    _cell_ids(rows, features, edges)).run(progress)
 
 
 class _Pruning:

@@ -34,8 +34,9 @@ from typing import Any, NoReturn
 
 import torch
 
+from regmix_ds.core import faults
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.files import entries, read_json, size_or_none, write_json_atomic
 from regmix_ds.core.names import check_safe_name
 
 DEFAULT_PORT = 29500
@@ -122,7 +123,8 @@ def _from_mpi(environ: Mapping[str, str]) -> DistEnv:
 def _from_slurm(environ: Mapping[str, str]) -> DistEnv:
     nodes = int(environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_NNODES") or 1)
     if nodes > 1 and not environ.get("MASTER_ADDR"):
-        raise RegmixError("MASTER_ADDR", "not set for a multi-node srun step: export the first host of scontrol show hostnames")
+        raise RegmixError("MASTER_ADDR",
+                          "not set for a multi-node srun step: export the first host of scontrol show hostnames")
     node_id = int(environ.get("SLURM_NODEID") or 0)
     local_size = tasks_on_node(environ.get("SLURM_STEP_TASKS_PER_NODE") or environ["SLURM_STEP_NUM_TASKS"], node_id)
     return DistEnv(
@@ -188,6 +190,7 @@ def initialize(model: torch.nn.Module, param_groups: list[dict], settings: dict)
 
 
 def zero_stage(engine: Any) -> int:
+    """The engine's ZeRO optimization stage (0: ZeRO off)."""
     return int(engine.zero_optimization_stage())
 
 
@@ -210,6 +213,7 @@ def gradient_norm_before_step(engine: Any) -> float | None:
 
 
 def reported_gradient_norm(engine: Any, measured: float | None) -> float | None:
+    """DeepSpeed's global gradient norm, else `measured` (`gradient_norm_before_step`); None if neither has one."""
     norm = engine.get_global_grad_norm()
     norm = measured if norm is None else norm
     return None if norm is None else float(norm)
@@ -225,6 +229,7 @@ def all_reduce_sum(values: list[float]) -> list[float]:
 
 
 def barrier() -> None:
+    """Wait until every rank has reached this point."""
     import deepspeed.comm as dist
 
     dist.barrier()
@@ -234,6 +239,7 @@ def barrier() -> None:
 
 
 def checkpoint_tag(step: int) -> str:
+    """The checkpoint directory name of `step`, zero-padded so that names sort by step."""
     return f"step{step:08d}"
 
 
@@ -242,6 +248,7 @@ def save_checkpoint(engine: Any, root: Path, step: int, client_state: dict, is_m
     tag = checkpoint_tag(step)
     engine.save_checkpoint(str(root), tag=tag, client_state=client_state)
     barrier()
+    faults.reached("checkpoint")
     if is_main:
         write_json_atomic(root / tag / COMPLETE_MARKER, {"step": step, "files": _file_sizes(root / tag)})
         for old in complete_checkpoints(root)[:-keep]:
@@ -252,9 +259,7 @@ def save_checkpoint(engine: Any, root: Path, step: int, client_state: dict, is_m
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories under `root` whose save finished, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if TAG_PATTERN.match(p.name) and (p / COMPLETE_MARKER).is_file()]
+    found = [p for p in entries(root) if TAG_PATTERN.match(p.name) and (p / COMPLETE_MARKER).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -297,7 +302,7 @@ def verify_checkpoint(directory: Path) -> int:
     # Markers of older runs list no files; DeepSpeed's own failure is then the check.
     for name, size in files.items():
         check_safe_name(name, marker, "checkpoint file name")
-        actual = (directory / name).stat().st_size if (directory / name).is_file() else None
+        actual = size_or_none(directory / name)
         if actual != size:
             found = "is missing" if actual is None else f"has {actual} bytes, {size} were saved"
             raise RegmixError(

@@ -3,10 +3,11 @@
 RegMix proxies are many copies of one small model that differ only in their data. Trained one
 per process, each matrix product is too small to fill the device; trained as a group, the K
 members' weights are stacked (`stacked.StackedLlama`) and every layer of all K is one batched
-product. The loop is `train.loop`'s, with `GroupTrainee` taking the steps. Nothing else is shared: each member is an ordinary proxy run with its own mixture,
-blended-sampler stream, AdamW moments, learning-rate schedule, evaluation, checkpoint,
-`metrics.jsonl` and `result.json` in its own run directory, in the format `train.single` writes
-(plus `group_size`), so `collect` and `fit` cannot tell the difference.
+product. The loop is `train.loop`'s, with `GroupTrainee` taking the steps. Nothing else is
+shared: each member is an ordinary proxy run with its own mixture, blended-sampler stream,
+AdamW moments, learning-rate schedule, evaluation, checkpoint, `metrics.jsonl` and
+`result.json` in its own run directory, in the format `train.single` writes (plus
+`group_size`), so `collect` and `fit` cannot tell the difference.
 
 Same numbers as separate runs: member k starts from the weights `model.build_model` gives its
 seed, sees the batches its own sampler gives, and takes the step DeepSpeed takes with the
@@ -31,10 +32,11 @@ from typing import Any
 
 import torch
 
+from regmix_ds.core import faults
 from regmix_ds.core.config import TrainConfig
 from regmix_ds.core.dsconfig import DeepSpeedSettings
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import atomic_output
+from regmix_ds.core.files import atomic_output, entries
 from regmix_ds.core.layout import RunDir
 from regmix_ds.train import model as models
 from regmix_ds.train.loop import (
@@ -155,6 +157,7 @@ def plan_group(configs: Sequence[TrainConfig]) -> list[RunPlan]:
 
 
 def without_mixture(signature: Mapping[str, Any]) -> dict[str, Any]:
+    """A run signature minus its mixture hash: what every member of one group must share."""
     return {key: value for key, value in signature.items() if key != "mixture_hash"}
 
 
@@ -162,12 +165,13 @@ def without_mixture(signature: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def checkpoint_path(run: RunDir, step: int) -> Path:
+    """Where `run` keeps its group checkpoint of `step` (zero-padded, so names sort by step)."""
     return run.checkpoints / f"group-step{step:08d}.pt"
 
 
 def newest_group_checkpoint(run: RunDir) -> Path | None:
-    root = run.checkpoints
-    found = sorted(p for p in root.iterdir() if CHECKPOINT.fullmatch(p.name)) if root.is_dir() else []
+    """The run's group checkpoint of the highest step, or None if it has none."""
+    found = sorted(p for p in entries(run.checkpoints) if CHECKPOINT.fullmatch(p.name))
     return found[-1] if found else None
 
 
@@ -177,7 +181,8 @@ def save_member(member: Member, state: GroupState, k: int) -> None:
     payload = {**state.member(k), "client_state": member.progress.client_state(member.sampler, member.plan)}
     with atomic_output(path, "wb") as handle:
         torch.save(payload, handle)
-    for old in path.parent.iterdir():
+    faults.reached("member checkpoint")
+    for old in entries(path.parent):
         if CHECKPOINT.fullmatch(old.name) and old.name < path.name:
             old.unlink(missing_ok=True)
 
@@ -187,7 +192,8 @@ def load_member(path: Path) -> dict:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for a damaged or unsafe file
-        raise RegmixError(path, f"unreadable group checkpoint ({type(err).__name__}: {(str(err).splitlines() or [''])[0]})")
+        raise RegmixError(path, "unreadable group checkpoint "
+                                f"({type(err).__name__}: {(str(err).splitlines() or [''])[0]})") from None
     if not isinstance(payload, dict) or set(payload) != {*STATE_KEYS, "client_state"}:
         raise RegmixError(path, "not a group checkpoint (expected params, exp_avg, exp_avg_sq, client_state)")
     return payload
@@ -279,6 +285,7 @@ class GroupTrainee:
         return self.group.utilization
 
     def train_step(self) -> StepOutcome:
+        """One optimizer step of every member at once, each on its own batches at its own learning rate."""
         group, step = self.group, self.members[0].progress.step
         lrs = [learning_rate(step, m.plan) for m in self.members]
         batches = torch.stack([torch.stack(m.next_batches()) for m in self.members], dim=1)
@@ -303,6 +310,7 @@ class GroupTrainee:
         return results
 
     def save(self) -> None:
+        """Checkpoint every member into its own run directory."""
         for k, member in enumerate(self.members):
             save_member(member, self.state, k)
 

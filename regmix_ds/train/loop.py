@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import torch
 
+from regmix_ds.core import faults
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic, write_text_atomic
 from regmix_ds.core.layout import RunDir
@@ -68,6 +69,7 @@ class Progress:
     """Time from the first step to the end, over every segment (not counting start-up or requeue waits)."""
 
     def client_state(self, sampler: BlendedSampler, plan: RunPlan) -> dict:
+        """The checkpoint's client state: these counters, the sampler's position and the run's signature."""
         return {**dataclasses.asdict(self), "sampler": sampler.state_dict(), "signature": plan.signature()}
 
 
@@ -96,6 +98,7 @@ class MetricsFile:
         self.path, self.is_main = run.metrics, is_main
 
     def record(self, entry: Mapping[str, Any]) -> None:
+        """Append `entry` as one JSON line (on the main rank; elsewhere nothing)."""
         if self.is_main:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry) + "\n")
@@ -164,6 +167,7 @@ class Member:
         }
 
     def write_result(self, record: Mapping[str, Any]) -> None:
+        """Write result.json atomically: written last, its presence means the run is done."""
         write_json_atomic(self.plan.run.result, record)
 
 
@@ -251,6 +255,7 @@ class ProgressLog:
             print(message, flush=True)
 
     def close(self) -> None:
+        """Close the progress bar, if there is one."""
         if self.bar is not None:
             self.bar.close()
 
@@ -271,6 +276,7 @@ def drive(trainee: Trainee, log: ProgressLog) -> bool:
             for member, start, loss, lr, norm in zip(members, segment_starts, outcome.losses, outcome.lrs,
                                                       outcome.grad_norms):
                 member.took_step(loss, lr, norm, seconds, start, trainee.utilization)
+            faults.reached("step")
             step = members[0].progress.step
             tokens_per_s = len(members) * plan.tokens_per_step / seconds
             log.update(step, sum(outcome.losses) / len(members), tokens_per_s, trainee.utilization.mfu(tokens_per_s))

@@ -56,6 +56,7 @@ def decide_start(plan: RunPlan) -> str:
 
 
 def forward_loss(ds_engine: Any, batch: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """The engine model's next-token loss on packed samples [B, L+1] (`reduction` as in cross_entropy)."""
     inputs, targets = models.split_inputs(batch.to(ds_engine.device))
     logits = ds_engine(input_ids=inputs, use_cache=False).logits
     return models.next_token_loss(logits, targets, reduction)
@@ -130,6 +131,7 @@ class EngineTrainee:
         return self.members[0]
 
     def train_step(self) -> StepOutcome:
+        """One DeepSpeed optimizer step: the loss averaged over ranks, a stop signal on any rank seen by all."""
         plan = self.member.plan
         lr = learning_rate(self.member.progress.step, plan)
         local_loss, grad_norm = engine_step(self.ds_engine, self.member.next_batches(), lr)
@@ -138,10 +140,12 @@ class EngineTrainee:
         return StepOutcome([loss_sum / self.dist.world_size], [grad_norm], [lr], stop=stop_votes > 0)
 
     def evaluate(self) -> list[dict[str, float]]:
+        """The member's mean loss on each validation set, over all ranks."""
         plan = self.member.plan
         return [evaluate(self.ds_engine, self.valid_sets, plan.batch.micro, self.dist.rank, self.dist.world_size)]
 
     def save(self) -> None:
+        """A DeepSpeed checkpoint with the member's client state, saved on every rank; the main rank prints it."""
         member = self.member
         path = engine.save_checkpoint(
             self.ds_engine, member.plan.run.checkpoints, member.progress.step,

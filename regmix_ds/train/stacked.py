@@ -56,6 +56,7 @@ class StackedLlama:
 
     @classmethod
     def from_config(cls, config: LlamaConfig) -> StackedLlama:
+        """The shape every member shares, read from their HF `LlamaConfig`."""
         return cls(
             layers=config.num_hidden_layers, heads=config.num_attention_heads,
             kv_heads=config.num_key_value_heads, head_dim=config.hidden_size // config.num_attention_heads,
@@ -83,7 +84,8 @@ class StackedLlama:
             prefix = f"model.layers.{layer}."
             x = x + self.attention(params, prefix, rms_norm(x, params[prefix + "input_layernorm.weight"], self.rms_eps),
                                    b, cos, sin)
-            x = x + self.mlp(params, prefix, rms_norm(x, params[prefix + "post_attention_layernorm.weight"], self.rms_eps))
+            x = x + self.mlp(params, prefix,
+                             rms_norm(x, params[prefix + "post_attention_layernorm.weight"], self.rms_eps))
         x = rms_norm(x, params["model.norm.weight"], self.rms_eps)
         return linear(x, params["lm_head.weight"]).view(k, b, t, -1)
 
@@ -104,6 +106,7 @@ class StackedLlama:
 
     def attention(self, params: Params, prefix: str, x: torch.Tensor, batch: int,
                   cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Causal grouped-query self-attention with RoPE, each member on its own: [K, B*T, H] -> [K, B*T, H]."""
         k, n, hidden = x.shape
         length = n // batch
 
@@ -123,6 +126,7 @@ class StackedLlama:
 
     @staticmethod
     def mlp(params: Params, prefix: str, x: torch.Tensor) -> torch.Tensor:
+        """Each member's SwiGLU feed-forward layer: down(silu(gate(x)) * up(x))."""
         gate = F.silu(linear(x, params[prefix + "mlp.gate_proj.weight"]))
         return linear(gate * linear(x, params[prefix + "mlp.up_proj.weight"]), params[prefix + "mlp.down_proj.weight"])
 
@@ -139,6 +143,7 @@ def rms_norm(x: torch.Tensor, gain: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on the last axis: `x * cos + rotate_half(x) * sin`, as HF's `apply_rotary_pos_emb` does."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
