@@ -33,6 +33,8 @@ from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic
 from regmix_ds.core.layout import DataDir
 from regmix_ds.core.manifest import Manifest, Split
+from regmix_ds.core.progress import bar as progress_bar
+from regmix_ds.core.progress import quiet_library_bars
 from regmix_ds.core.settings import locate
 from regmix_ds.data import tokenizer as tok
 from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
@@ -76,6 +78,7 @@ def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: b
     data = config.data
     data_dir = config.work.data
     sources = resolve_sources(config)
+    quiet_library_bars()
     tokenizer_dir, tokenizer_key = config.resolve(data.tokenizer), locate(config.path, "data.tokenizer")
     if train_tokenizer:
         tok.check_can_train_into(tokenizer_dir, tokenizer_key)
@@ -310,11 +313,9 @@ def _valid_mask(source: Source, documents: int, data: Any) -> np.ndarray:
 
 def write_split(tokens: Any, wanted: np.ndarray, prefix: Path, dtype: np.dtype, desc: str) -> Split:
     """Stream the `wanted` documents (in input order) from the tokenized Arrow column into one shard."""
-    from tqdm.auto import tqdm
-
     first_document = 0
     with IndexedWriter(prefix, dtype) as writer:
-        for chunk in tqdm(tokens.data.column("input_ids").chunks, desc=desc, unit="chunk", leave=False):
+        for chunk in progress_bar(tokens.data.column("input_ids").chunks, desc=desc, unit="chunk"):
             keep = wanted[first_document : first_document + len(chunk)]
             first_document += len(chunk)
             offsets = chunk.offsets.to_numpy()

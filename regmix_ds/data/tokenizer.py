@@ -18,6 +18,7 @@ from typing import Any
 
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.progress import interactive
 
 EOS_TOKEN = "<|endoftext|>"
 TRAINING_RECORD = "regmix_tokenizer.json"
@@ -117,7 +118,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, corpus
         vocab_size=vocab_size,
         special_tokens=[EOS_TOKEN],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=True,
+        show_progress=interactive(),
     )
     backend.train_from_iterator(texts, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS_TOKEN)

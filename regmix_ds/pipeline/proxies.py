@@ -19,12 +19,11 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
-from tqdm import tqdm
-
 from regmix_ds.core.config import ExperimentConfig, TrainConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic
 from regmix_ds.core.layout import RunDir
+from regmix_ds.core.progress import bar as progress_bar
 
 PROXY_SCRIPT = "slurm/proxies.sh"
 EXIT_REQUEUE = 75
@@ -185,7 +184,7 @@ def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, lab
             return subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
 
     failed = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool, tqdm(total=len(runs), desc=label, unit="proxy") as bar:
+    with ThreadPoolExecutor(max_workers=jobs) as pool, progress_bar(total=len(runs), desc=label, unit="proxy") as bar:
         futures = {pool.submit(run, *spec): key for key, spec in runs.items()}
         for future in as_completed(futures):
             if future.result() != 0:

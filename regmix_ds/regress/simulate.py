@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from regmix_ds.core.config import SimulateConfig
 from regmix_ds.core.dsconfig import load_ds_config, with_mixture
@@ -43,6 +42,7 @@ from regmix_ds.core.files import file_hash, write_json_atomic
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.core.progress import bar as progress_bar
 from regmix_ds.core.settings import Invalid
 from regmix_ds.regress.fit import FittedModel, fit_regressor
 from regmix_ds.regress.tables import domain_mismatch, prior_by_domain
@@ -173,7 +173,8 @@ def _bootstrap(fitted, training, candidates: np.ndarray, chosen: np.ndarray, set
     """Per refit on resampled runs: the mixture it would choose, and its prediction for `chosen`."""
     weights, target = training
     replicate_weights, replicate_predictions = [], []
-    for replicate in tqdm(range(settings.bootstrap), desc="bootstrap refits", disable=not progress):
+    refits = progress_bar(range(settings.bootstrap), desc="bootstrap refits", unit="refit", disable=not progress)
+    for replicate in refits:
         rows = np.random.default_rng([settings.seed, 1 + replicate]).integers(0, len(target), len(target))
         model = fit_regressor(weights[rows], target[rows], fitted.settings, fitted.trees)
         top = model.lowest_k(candidates, settings.top_k)

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import lightgbm as lgb
 import numpy as np
-from tqdm import tqdm
+
+from regmix_ds.core.progress import bar as progress_bar
 
 CELL_FEATURES = 3
 """Features (by total split gain) whose quantile bins define the cells."""
@@ -187,7 +188,7 @@ class _Pruning:
 
     def run(self, progress: bool) -> TopK:
         done = 0
-        bar = tqdm(total=self.trees, desc="scoring candidates", unit="tree", disable=not progress, leave=False)
+        bar = progress_bar(total=self.trees, desc="scoring candidates", unit="tree", disable=not progress)
         for stop in _checkpoints(self.trees):
             self.partial += self._predict(self.rows, done, stop)
             done = stop
@@ -196,7 +197,7 @@ class _Pruning:
                 self._finish_most_promising(lower, done)
             self._keep(lower <= self.tau + ROUNDING_MARGIN * max(1.0, abs(self.tau)))
             bar.update(stop - bar.n)
-            bar.set_postfix(alive=f"{len(self.position) / self.total:.3f}")
+            bar.set_postfix_str(f"alive {len(self.position) / self.total:.3f}")
         bar.close()
         scores = self.booster.predict(self.rows, num_iteration=self.trees)
         best = np.lexsort((self.position, scores))[: self.k]

@@ -32,6 +32,7 @@ from regmix_ds.core import faults
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic, write_text_atomic
 from regmix_ds.core.layout import RunDir
+from regmix_ds.core.progress import clock, interactive
 from regmix_ds.data.blend import BlendedSampler
 from regmix_ds.train.plan import RunPlan
 from regmix_ds.train.utilization import Utilization
@@ -220,7 +221,7 @@ class ProgressLog:
         self.start_step, self.start = initial, time.monotonic()
         self.last_line = self.start
         self.bar = None
-        if enabled and sys.stderr.isatty():
+        if enabled and interactive():
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, initial=initial, desc=label, unit="step", mininterval=1.0)
@@ -243,7 +244,7 @@ class ProgressLog:
     def _eta(self, step: int, now: float) -> str:
         done = step - self.start_step
         seconds = (now - self.start) / done * (self.total - step) if done else 0.0
-        return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"
+        return clock(seconds)
 
     def say(self, message: str) -> None:
         """A line on stdout, above the bar if there is one."""
