@@ -9,6 +9,8 @@
 # time limit Slurm sends USR1 (--signal below); the proxy checkpoints, exits 75, and the task
 # requeues itself to resume from that checkpoint. `scontrol requeue` works the same way.
 # For GPUs add e.g. `--gpus-per-task=1` on the sbatch line; the trainer picks the device itself.
+# Works from any directory: the command comes from the installed package, and a relative EXP.yaml
+# resolves against the directory you submit from (where sbatch runs the job and writes its log).
 # Environment (defaults in brackets):
 #   REGMIX_VENV   a venv to activate first                 [none: regmix-ds must be on PATH]
 #   REGMIX_DS     the regmix-ds command                    [regmix-ds]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import write_json_atomic
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline import slurm
 from regmix_ds.pipeline.collect import STATUSES, collect
 from tests.conftest import corpus_of, make_experiment
 from tests.helpers import proxy_dir, run_cli
@@ -255,3 +257,20 @@ def test_collect_never_fails_while_a_result_is_being_rewritten(swarm_in_every_st
         stop.set()
         writer.join(timeout=30)
     assert not writer.is_alive()
+
+
+def test_tasks_slurm_still_holds_are_pending_or_running_not_missing(swarm_in_every_state):
+    experiment = swarm_in_every_state
+    config = Path(experiment.path)
+    squeue = "\n".join([
+        f"3|PENDING|{config.parent}|/opt/regmix/slurm/proxies.sh {config.name}",  # relative to the job's directory
+        f"4|RUNNING|/somewhere|/opt/regmix/slurm/proxies.sh {config}",
+        f"2|PENDING|{config.parent}|/opt/regmix/slurm/proxies.sh other.yaml",  # another experiment
+        f"N/A|PENDING|{config.parent}|/opt/regmix/slurm/target.sh {config.name}",  # not an array task
+    ])
+    queued = slurm.tasks_of(squeue, config)
+    assert queued == {3: "pending", 4: "running"}
+    rows = collect(experiment, queued=queued).rows
+    # Proxy 3 failed once and waits in the queue again; 4 never started here and runs now.
+    assert [row.status for row in rows] == ["done", "running", "pending", "running"]
+    assert [row["status"] for row in read_rows(experiment.work.results)] == ["done", "running", "pending", "running"]

@@ -145,3 +145,17 @@ def test_target_script_runs_two_ranks_through_srun(tiny_manifest, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["world_size"] == 2 and result["zero_stage"] == 3 and result["steps"] == 3
     assert "2 rank(s) via slurm" in log
+
+
+def test_collect_lists_tasks_waiting_in_the_queue_as_pending(tiny_experiment, tmp_path):
+    experiment = ExperimentConfig.load(tiny_experiment(n=4, group_size=2))
+    job = sbatch("--hold", "--array=1-3:2", f"--chdir={tmp_path}", "slurm/proxies.sh", experiment.path, cwd=ROOT)
+    collected = run_cli("collect", "--config", experiment.path)
+    assert collected.returncode == 0, collected.stderr
+    assert "done 0 running 0 failed 0 missing 0 pending 4" in collected.stdout, collected.stdout
+    assert "sbatch --array" not in collected.stdout  # nothing to resubmit: it is all queued
+    subprocess.run(["scancel", job], capture_output=True, timeout=30)
+    wait_for_job(job)
+    gone = run_cli("collect", "--config", experiment.path)
+    assert "missing 4" in gone.stdout and f"sbatch --array=1-3:2%64 slurm/proxies.sh {experiment.path}" in gone.stdout
+    print(collected.stdout)

@@ -1,6 +1,8 @@
 """The synthetic corpus: deterministic, clearly different domains, a target of known mixture."""
 import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.data.synth import STYLES, DomainGenerator, SynthSettings, build_generators, synthesize
+from tests.conftest import ROOT
 
 SMALL = dict(docs_per_domain=60, target_docs=40, valid_documents=10)
 
@@ -117,3 +120,17 @@ def test_cli_writes_corpus_and_rejects_bad_target(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--target" in error
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_experiment_directory_is_self_contained(tmp_path):
+    """Moved elsewhere, the experiment still loads and refers to nothing outside its directory."""
+    first = tmp_path / "first"
+    assert main(["synth", "--out", str(first), "--docs-per-domain", "120", "--target-docs", "20",
+                 "--valid-documents", "20", "--deepspeed-config", str(ROOT / "ds_configs" / "zero0.json")]) == 0
+    moved = Path(shutil.move(first, tmp_path / "moved"))
+    experiment = ExperimentConfig.load(moved / "exp.yaml")
+    proxy = experiment.require_proxy()
+    paths = [proxy.deepspeed_config, experiment.work_dir, experiment.resolve(experiment.data.tokenizer),
+             *(experiment.resolve(p) for source in experiment.data.domains.values() for p in source.paths)]
+    assert all(Path(p).resolve().is_relative_to(moved.resolve()) for p in paths), paths
+    assert Path(proxy.deepspeed_config).read_text() == (ROOT / "ds_configs" / "zero0.json").read_text()

@@ -5,9 +5,10 @@ ORDER = 50
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "collect",
-        help="gather proxies/n*/result.json into results.csv; report done/running/failed/missing",
+        help="gather proxies/n*/result.json into results.csv; report done/running/failed/missing/pending",
         description="Writes <work_dir>/results.csv (atomically) and prints how many proxies are done, "
-        "running, failed and missing, with the sbatch line that trains only the failed and missing ones.",
+        "running, failed, missing and pending (their array task waits in Slurm's queue, asked with squeue), "
+        "with the sbatch line that trains only the failed and missing ones.",
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
     parser.add_argument("--stale-minutes", type=float, default=30.0,
@@ -19,12 +20,15 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from regmix_ds.core.config import ExperimentConfig
-    from regmix_ds.pipeline import collect, proxies
+    from regmix_ds.pipeline import collect, proxies, slurm
 
     experiment = ExperimentConfig.load(args.config)
-    collection = collect.collect(experiment, stale_seconds=args.stale_minutes * 60)
+    queued = slurm.queued_tasks(experiment.path)
+    collection = collect.collect(experiment, stale_seconds=args.stale_minutes * 60, queued=queued)
     counts = collection.counts()
     print(" ".join(f"{status} {counts.get(status, 0)}" for status in collect.STATUSES), f"-> {experiment.work.results}")
+    if queued is None:
+        print("Slurm not asked (no squeue here): a task still waiting in a queue counts as missing")
     todo = collection.indices("failed", "missing")
     if todo:
         print("to train the failed and missing ones:", proxies.sbatch_line(experiment, todo, args.throttle))

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from regmix_ds import __version__, commands
 from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.progress import quiet_library_bars
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -58,6 +59,7 @@ def run_reporting_errors(program: str, run: Callable[[], int | None]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    quiet_library_bars()
     args = build_parser().parse_args(argv)
     return run_reporting_errors(f"regmix-ds {args.command}", lambda: args.run(args))
 

@@ -57,6 +57,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "train.py") -> int:
     """Parse and train; returns the exit code (the caller exits through `engine.shutdown`)."""
     from regmix_ds.commands.main import run_reporting_errors
+    from regmix_ds.core.progress import quiet_library_bars
 
+    quiet_library_bars()
     args = build_parser(prog).parse_args(argv)
     return run_reporting_errors(prog, lambda: train(args))

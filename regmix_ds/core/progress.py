@@ -4,10 +4,11 @@ Slurm writes a job's stderr to a log file, where carriage-return redraws make on
 all day. `bar` gives a tqdm bar when stderr is a terminal, and otherwise a `LogBar` with the same
 small interface (iteration, `update`, `set_postfix_str`, `write`, `close`) that prints one line
 every `LOG_SECONDS` seconds and one at the end: `desc: 40/128 proxy (31%) | note | 0:01:05, ETA 0:02:23`.
-Third-party bars (`datasets`, `tokenizers`) are switched off when stderr is not a terminal.
+Third-party bars (`datasets`, `huggingface_hub`, `tokenizers`) are switched off when stderr is not a terminal.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -96,8 +97,10 @@ class LogBar:
 
 
 def quiet_library_bars() -> None:
-    """Switch off `datasets`' own progress bars when they would only litter a log file."""
-    if not interactive():
-        import datasets
+    """Switch off the Hugging Face libraries' own bars when they would only litter a log file.
 
-        datasets.disable_progress_bars()
+    Set through their environment variables, before they are imported (a command calls this first).
+    """
+    if not interactive():
+        for variable in ("HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ.setdefault(variable, "1")

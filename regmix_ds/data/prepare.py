@@ -34,7 +34,6 @@ from regmix_ds.core.files import read_json, write_json_atomic
 from regmix_ds.core.layout import DataDir
 from regmix_ds.core.manifest import Manifest, Split
 from regmix_ds.core.progress import bar as progress_bar
-from regmix_ds.core.progress import quiet_library_bars
 from regmix_ds.core.settings import locate
 from regmix_ds.data import tokenizer as tok
 from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
@@ -78,7 +77,6 @@ def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: b
     data = config.data
     data_dir = config.work.data
     sources = resolve_sources(config)
-    quiet_library_bars()
     tokenizer_dir, tokenizer_key = config.resolve(data.tokenizer), locate(config.path, "data.tokenizer")
     if train_tokenizer:
         tok.check_can_train_into(tokenizer_dir, tokenizer_key)

@@ -13,7 +13,6 @@ target loss, so a mixture search should land near `truth.json`.
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -320,9 +319,10 @@ def _write_config(path: Path, settings: SynthSettings) -> Path:
         },
     }
     if settings.deepspeed_config is not None:
-        # Relative to exp.yaml, so the corpus directory can move together with the checkout.
-        deepspeed_config = os.path.relpath(Path(settings.deepspeed_config).resolve(), path.parent.resolve())
-        config |= {**DEMO_SECTIONS, "proxy": {"deepspeed_config": deepspeed_config, **DEMO_SECTIONS["proxy"]}}
+        # A copy beside exp.yaml: the experiment directory refers to nothing outside it.
+        copy = path.parent / Path(settings.deepspeed_config).name
+        write_text_atomic(copy, Path(settings.deepspeed_config).read_text(encoding="utf-8"))
+        config |= {**DEMO_SECTIONS, "proxy": {"deepspeed_config": copy.name, **DEMO_SECTIONS["proxy"]}}
     header = f"# Written by `regmix-ds synth --seed {settings.seed}`; the target's true mixture is in truth.json.\n"
     write_text_atomic(path, header + yaml.safe_dump(config, sort_keys=False))
     return path

@@ -4,10 +4,12 @@
 missing), `w:<domain>` for each mixture weight, `loss:<name>` for each validation set (domains,
 then targets; empty unless done), `tokens` and `wall_seconds`. `fit` reads the `done` rows.
 
-A proxy is `done` when its `result.json` exists; `failed` when it left `failed.json` or its
-run directory has not changed for `stale_seconds` (a killed task writes nothing); `running`
-when its directory changed recently (metrics.jsonl grows every step); `missing` when it has
-none. Slurm is not queried, so a task still waiting in the queue counts as missing.
+A proxy is `done` when its `result.json` exists; otherwise `pending` or `running` when Slurm
+holds the array task that trains it (`queued`, from `pipeline.slurm.queued_tasks`); `failed`
+when it left `failed.json` or its run directory has not changed for `stale_seconds` (a killed
+task writes nothing); `running` when its directory changed recently (metrics.jsonl grows every
+step); `missing` when it has none. Without Slurm's answer a task still waiting in the queue
+counts as missing.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import csv
 import math
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +27,9 @@ from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import atomic_output, newest_mtime, read_json
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
-from regmix_ds.pipeline.proxies import swarm_indices
+from regmix_ds.pipeline.proxies import group_size, swarm_indices
 
-STATUSES = ("done", "running", "failed", "missing")
+STATUSES = ("done", "running", "failed", "missing", "pending")
 
 
 @dataclass(frozen=True)
@@ -54,22 +57,36 @@ class Collection:
         return Counter(row.status for row in self.rows)
 
 
-def collect(experiment: ExperimentConfig, stale_seconds: float = 1800.0) -> Collection:
-    """Read the state of every swarm member and write `results.csv` atomically."""
+def collect(experiment: ExperimentConfig, stale_seconds: float = 1800.0,
+            queued: Mapping[int, str] | None = None) -> Collection:
+    """Read the state of every swarm member and write `results.csv` atomically.
+
+    `queued`: array task id -> 'pending' or 'running', for the tasks Slurm holds (None: not asked).
+    """
     now = time.time()
-    rows = [_proxy_row(experiment, index, stale_seconds, now) for index in swarm_indices(experiment)]
+    held = held_by_slurm(experiment, queued or {})
+    rows = [_proxy_row(experiment, index, stale_seconds, now, held.get(index)) for index in swarm_indices(experiment)]
     collection = Collection(rows)
     write_results(experiment.work.results, collection, _loss_names(experiment, rows))
     return collection
 
 
-def _proxy_row(experiment: ExperimentConfig, index: int, stale_seconds: float, now: float) -> ProxyRow:
+def held_by_slurm(experiment: ExperimentConfig, queued: Mapping[int, str]) -> dict[int, str]:
+    """Swarm index -> the state of the queued array task that trains it (a task trains its group)."""
+    size = group_size(experiment)
+    return {index: state for task, state in queued.items() for index in range(task, task + size)}
+
+
+def _proxy_row(experiment: ExperimentConfig, index: int, stale_seconds: float, now: float,
+               held: str | None) -> ProxyRow:
     mixture = Mixture.load(experiment.work.mixture(index))
     run = experiment.work.proxy(index)
     if run.is_done():
         result = read_json(run.result)
         _check_result(result, run.result, mixture)
         return ProxyRow(index, "done", mixture, result)
+    if held is not None:
+        return ProxyRow(index, held, mixture, None)
     if not run.path.is_dir():
         return ProxyRow(index, "missing", mixture, None)
     if run.failed.is_file() or now - newest_mtime(run.path) > stale_seconds:
