@@ -79,8 +79,9 @@ def train_members(experiment: ExperimentConfig, indices: list[int]) -> int:
         return 0
     from regmix_ds.train import group
 
-    save_model = experiment.require_proxy().save_model
-    return marking_failures([RunDir(Path(c.out)) for c in todo], lambda: group.train_group(todo, save_model))
+    proxy = experiment.require_proxy()
+    return marking_failures([RunDir(Path(c.out)) for c in todo],
+                            lambda: group.train_group(todo, proxy.save_model, proxy.compile))
 
 
 def marking_failures(runs: list[RunDir], train: Callable[[], int]) -> int:
