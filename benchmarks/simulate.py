@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from regmix_ds.core.config import FitConfig, SimulateConfig
-from regmix_ds.regress.fit import FittedModel, TreeModel, fit
+from regmix_ds.regress.fit import FittedModel, fit
 from regmix_ds.regress.gp import GaussianProcess
 from regmix_ds.regress.proposer import Region, minimise, top_k
 from regmix_ds.regress.simulate import domain_caps, draw_candidates, resolve_prior, run_simulate
@@ -93,12 +93,12 @@ def main() -> None:
         fitted = FittedModel.load(Path(tmp, "fit"))
         prior, _ = resolve_prior(fitted, DATA / "token_prior.yaml", None)
         rows = candidates_in_support(fitted, prior, args.candidates)
-        booster = fitted.model.booster
+        model = fitted.model
         print(f"fit: {fitted.trees} trees in {fit_seconds:.1f} s; scoring {len(rows):,} candidates", flush=True)
 
-        ours, seconds = timed(lambda: TreeModel(booster).lowest_k(rows, args.top_k))
+        ours, seconds = timed(lambda: model.lowest_k(rows, args.top_k))
         print(f"ours: {seconds:.2f} s, {ours.work_fraction:.3f} of the row-tree evaluations", flush=True)
-        scores, baseline_seconds = timed(lambda: booster.predict(rows))
+        scores, baseline_seconds = timed(lambda: model.booster.predict(rows))
         baseline = full_lowest_k(scores, args.top_k)
         print(f"baseline (Booster.predict on all): {baseline_seconds:.2f} s", flush=True)
         identical = (set(baseline.tolist()) == set(ours.indices.tolist())
