@@ -51,6 +51,6 @@ deepspeed --num_gpus 2 --master_port "$PORT" train.py --mixture "$WORK/best.json
   --deepspeed_config "$WORK/zero3_best.json" --manifest "$WORK/data/manifest.json" \
   --preset demo --seq-len 128 --steps 40 --warmup 4 --schedule cosine --out "$WORK/target" --resume auto --log-interval 10
 stage "9/9 verify the answer and report"
-regmix-ds verify --config "$CONFIG" --reference "$DIR/truth.json" --jobs "$JOBS"
+regmix-ds verify --config "$CONFIG" --reference "$DIR/target_composition.json" --jobs "$JOBS"
 regmix-ds report --config "$CONFIG" --out "$WORK/report"
 stage "done: $WORK/report/summary.md"

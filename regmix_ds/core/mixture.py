@@ -51,10 +51,16 @@ class Mixture:
     @classmethod
     def load(cls, path: str | os.PathLike, *, renormalize: bool = False) -> Mixture:
         """Read a mixture file: `{"weights": {"<domain>": w, ...}, ...free metadata}`."""
+        return cls.load_with_metadata(path, renormalize=renormalize)[0]
+
+    @classmethod
+    def load_with_metadata(cls, path: str | os.PathLike, *, renormalize: bool = False) -> tuple[Mixture, dict]:
+        """A mixture file's mixture and the rest of its fields (a swarm member's `index`, `round`, ...)."""
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
             raise RegmixError(path, 'expected a JSON object with a "weights" mapping')
-        return cls.from_weights(data["weights"], renormalize=renormalize, source=path)
+        mixture = cls.from_weights(data["weights"], renormalize=renormalize, source=path)
+        return mixture, {key: value for key, value in data.items() if key != "weights"}
 
     @property
     def domains(self) -> tuple[str, ...]:
