@@ -10,8 +10,6 @@ threshold. Coverage of those intervals at swarm-check sizes is measured by
 """
 from __future__ import annotations
 
-import math
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,25 +85,43 @@ def rank_agreement(small: np.ndarray, large: np.ndarray, *, resamples: int, conf
     """Spearman and Kendall of the paired losses, with percentile intervals over resampled pairs."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(small), size=(resamples, len(small)))
-    spearmans = np.array([_correlation(stats.spearmanr, small[rows], large[rows]) for rows in draws])
-    kendalls = np.array([_correlation(stats.kendalltau, small[rows], large[rows]) for rows in draws])
     return Agreement(
         pairs=len(small),
-        spearman=_correlation(stats.spearmanr, small, large),
-        spearman_interval=_interval(spearmans, confidence),
-        kendall=_correlation(stats.kendalltau, small, large),
-        kendall_interval=_interval(kendalls, confidence),
+        spearman=float(spearman(small[None], large[None])[0]),
+        spearman_interval=_interval(spearman(small[draws], large[draws]), confidence),
+        kendall=float(kendall(small[None], large[None])[0]),
+        kendall_interval=_interval(kendall(small[draws], large[draws]), confidence),
         confidence=confidence,
         threshold=threshold,
     )
 
 
-def _correlation(measure, left: np.ndarray, right: np.ndarray) -> float:
-    """A rank correlation; 0 where it is undefined (a resample whose values are all tied)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        value = measure(left, right).statistic
-    return float(value) if math.isfinite(value) else 0.0
+def spearman(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Spearman's rho of each row pair (ties by average rank, as scipy); 0 where a row is all ties."""
+    return _pearson(stats.rankdata(left, axis=1), stats.rankdata(right, axis=1))
+
+
+def kendall(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b of each row pair (scipy's, with ties); 0 where a row is all ties."""
+    first = np.sign(left[:, :, None] - left[:, None, :])
+    second = np.sign(right[:, :, None] - right[:, None, :])
+    pairs = left.shape[1] * (left.shape[1] - 1) / 2
+    concordance = (first * second).sum(axis=(1, 2)) / 2
+    untied_first = pairs - (first == 0).sum(axis=(1, 2)) / 2 + left.shape[1] / 2  # the diagonal is no tie
+    untied_second = pairs - (second == 0).sum(axis=(1, 2)) / 2 + left.shape[1] / 2
+    return _ratio(concordance, np.sqrt(untied_first * untied_second))
+
+
+def _pearson(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    left = left - left.mean(axis=1, keepdims=True)
+    right = right - right.mean(axis=1, keepdims=True)
+    return _ratio((left * right).sum(axis=1), np.sqrt((left**2).sum(axis=1) * (right**2).sum(axis=1)))
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        values = numerator / denominator
+    return np.where(np.isfinite(values), np.clip(values, -1.0, 1.0), 0.0)
 
 
 def _interval(values: np.ndarray, confidence: float) -> tuple[float, float]:
