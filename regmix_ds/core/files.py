@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -387,6 +388,31 @@ def file_hash(path: str | os.PathLike) -> str:
     except OSError as err:
         raise RegmixError(path, f"cannot read ({err.strerror})") from None
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(locks: Iterable[str | os.PathLike]) -> Iterator[bool]:
+    """Hold an exclusive lock on every file of `locks` (created if missing), or on none.
+
+    Yields True while this process holds them all; False, holding none, when another process
+    holds any. The locks are `flock`s: the kernel drops them when their holder exits or is
+    killed, so a crashed process never leaves one stuck.
+    """
+    handles = []
+    try:
+        for lock in locks:
+            Path(lock).parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock, "a+b")  # noqa: SIM115 - held open until the lock is released
+            handles.append(handle)
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+        yield True
+    finally:
+        for handle in handles:
+            handle.close()
 
 
 def newest_mtime(directory: str | os.PathLike) -> float:

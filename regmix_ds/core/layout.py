@@ -66,6 +66,11 @@ class RunDir:
         """Output of a run started by a local runner (`run-swarm`, `verify`)."""
         return self.path / "proxy.log"
 
+    @property
+    def owner(self) -> Path:
+        """Locked (flock) by the process training the run, so no second one trains it at once."""
+        return self.path / ".owner.lock"
+
     def is_done(self) -> bool:
         """Whether the run finished: its result.json exists."""
         return self.result.is_file()

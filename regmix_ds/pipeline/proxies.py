@@ -21,7 +21,7 @@ from pathlib import Path
 
 from regmix_ds.core.config import ExperimentConfig, TrainConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import write_json_atomic
+from regmix_ds.core.files import exclusive, write_json_atomic
 from regmix_ds.core.layout import RunDir, Tier
 from regmix_ds.core.progress import bar as progress_bar
 
@@ -67,7 +67,12 @@ def train_proxy(config: TrainConfig) -> int:
         return 0
     from regmix_ds.train import engine, single
 
-    return marking_failures([run], lambda: single.train(config, engine.discover_launch()))
+    launch = engine.discover_launch()
+    if launch.world_size > 1:
+        # Every rank of a multi-rank proxy runs this: a lock would let one rank in and strand
+        # the others in the first collective. Such a run is one Slurm step, unique already.
+        return marking_failures([run], lambda: single.train(config, launch))
+    return training_alone([run], lambda: single.train(config, launch))
 
 
 def train_members(experiment: ExperimentConfig, indices: list[int], tier: Tier = "swarm") -> int:
@@ -80,7 +85,21 @@ def train_members(experiment: ExperimentConfig, indices: list[int], tier: Tier =
     from regmix_ds.train import group
 
     save_model = experiment.require_proxy().save_model
-    return marking_failures([RunDir(Path(c.out)) for c in todo], lambda: group.train_group(todo, save_model))
+    return training_alone([RunDir(Path(c.out)) for c in todo], lambda: group.train_group(todo, save_model))
+
+
+def training_alone(runs: list[RunDir], train: Callable[[], int]) -> int:
+    """`marking_failures(runs, train)` while this process owns every run; 0 at once if another does.
+
+    Two runners on one work dir (two `run-swarm`s, a local run beside an array task) would
+    otherwise train a proxy twice and interleave its log.
+    """
+    with exclusive(run.owner for run in runs) as owned:
+        if not owned:
+            print(f"{runs[0].path.parent}: another process is training {', '.join(r.path.name for r in runs)} "
+                  "now; leaving it to that one")
+            return 0
+        return marking_failures(runs, train)
 
 
 def marking_failures(runs: list[RunDir], train: Callable[[], int]) -> int:
@@ -161,12 +180,18 @@ def train_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: i
     flags = [] if tier == "swarm" else ["--tier", tier]
     if size == 1:
         runs = {i: (where.proxy(i).log, ["--index", str(i), *flags]) for i in todo}
-        return sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
-    grouped = groups(experiment, todo, tier)
-    runs = {start: (where.group_log(start), ["--indices", format_ranges(members), *flags])
-            for start, members in grouped.items()}
-    failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
-    return sorted(i for start in failed_groups for i in grouped[start] if not where.proxy(i).is_done())
+        failed = sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
+    else:
+        grouped = groups(experiment, todo, tier)
+        runs = {start: (where.group_log(start), ["--indices", format_ranges(members), *flags])
+                for start, members in grouped.items()}
+        failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
+        failed = sorted(i for start in failed_groups for i in grouped[start] if not where.proxy(i).is_done())
+    elsewhere = [i for i in todo if i not in failed and not where.proxy(i).is_done()]
+    if elsewhere:
+        print(f"run-swarm: proxies {format_ranges(elsewhere)} were being trained by another process; "
+              "`regmix-ds collect` shows when they finish")
+    return failed
 
 
 def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, label: str) -> list:
