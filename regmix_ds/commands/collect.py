@@ -1,5 +1,6 @@
 """`regmix-ds collect`: proxies' results -> results.csv, and the sbatch line for what is left."""
 from regmix_ds.commands.proxy import TIERS
+from regmix_ds.core.settings import bounded
 
 ORDER = 50
 
@@ -13,9 +14,9 @@ def register(subparsers) -> None:
         "with the sbatch line that trains only the failed and missing ones.",
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
-    parser.add_argument("--stale-minutes", type=float, default=30.0,
+    parser.add_argument("--stale-minutes", type=bounded(float, above=0), default=30.0,
                         help="a run directory unchanged this long without a result counts as failed (default 30)")
-    parser.add_argument("--throttle", type=int, default=64,
+    parser.add_argument("--throttle", type=bounded(int, low=1), default=64,
                         help="array throttle in the printed sbatch line (default 64)")
     parser.add_argument("--tier", default="swarm", choices=TIERS,
                         help="which proxies: the swarm, or the transfer check's larger ones (default swarm)")

@@ -2,9 +2,12 @@
 import typing
 
 from regmix_ds.core.layout import Tier
+from regmix_ds.core.settings import bounded
 
 ORDER = 40
 TIERS = typing.get_args(Tier)
+MAX_JOBS = 256
+"""Most local trainings at once (`--jobs`): each is a Python process with its share of the cores."""
 
 
 def register(subparsers) -> None:
@@ -19,9 +22,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, help="one swarm index, trained alone under DeepSpeed")
+    which.add_argument("--index", type=bounded(int, low=1), help="one swarm index, trained alone under DeepSpeed")
     which.add_argument("--indices", help="swarm indices trained together as one group, e.g. 1-16")
-    which.add_argument("--task", type=int,
+    which.add_argument("--task", type=bounded(int, low=1),
                        help="Slurm array task id: index TASK, or with proxy.group_size G > 1 the group TASK..TASK+G-1 "
                        "(default: $SLURM_ARRAY_TASK_ID)")
     which.add_argument("--mixture", help="train on this mixture JSON instead of a swarm member (needs --out)")

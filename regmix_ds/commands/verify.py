@@ -1,4 +1,7 @@
 """`regmix-ds verify`: train the chosen and the natural mixture as proxies and compare."""
+from regmix_ds.commands.proxy import MAX_JOBS
+from regmix_ds.core.settings import bounded
+
 ORDER = 85
 
 
@@ -14,7 +17,8 @@ def register(subparsers) -> None:
     parser.add_argument("--reference",
                         help="one more mixture JSON to train and compare (e.g. the synthetic target_composition.json)")
     parser.add_argument("--out", help="report folder (default <work_dir>/report)")
-    parser.add_argument("--jobs", type=int, default=2, help="proxies trained at once (default 2)")
+    parser.add_argument("--jobs", type=bounded(int, low=1, high=MAX_JOBS), default=2,
+                        help="proxies trained at once (default 2)")
     parser.add_argument("--oracle", help="an oracle search's oracle.json (benchmarks/oracle.py): report each "
                         "mixture's regret against its best measured loss")
     parser.set_defaults(run=run)
