@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -15,6 +16,7 @@ import io
 import json
 import math
 import os
+import shutil
 import stat as stat_module
 import sys
 import tempfile
@@ -116,6 +118,18 @@ class OutputSet:
             self._staged[path] = Path(tmp)
         return self._staged[path]
 
+    def write_text(self, path: str | os.PathLike, text: str) -> None:
+        """Stage `text` (UTF-8) as output `path`."""
+        staged = self.staged(path)
+        try:
+            staged.write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise cannot_write(path, err) from None
+
+    def write_json(self, path: str | os.PathLike, obj: Any) -> None:
+        """Stage `obj` as JSON output `path`, as `write_json_atomic` spells it."""
+        self.write_text(path, json_text(path, obj))
+
     def __exit__(self, kind: type | None, *_: Any) -> None:
         if kind is None:
             try:
@@ -213,11 +227,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` atomically as JSON, indented by 2, keys in their given order, with a final newline."""
+    write_text_atomic(path, json_text(path, obj))
+
+
+def json_text(path: str | os.PathLike, obj: Any) -> str:
+    """`obj` as the JSON every output uses: indented by 2, keys in their given order, a final newline."""
     try:
-        text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
+        return json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n"
     except ValueError:
         raise RegmixError(path, "would hold NaN or infinity, which JSON cannot carry") from None
-    write_text_atomic(path, text + "\n")
 
 
 # Every config and table regmix-ds reads is kilobytes; the bounds turn a wrong path (a token
@@ -388,6 +406,44 @@ def file_hash(path: str | os.PathLike) -> str:
     except OSError as err:
         raise RegmixError(path, f"cannot read ({err.strerror})") from None
     return digest.hexdigest()
+
+
+def replace_directory(new: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Put directory `new` where `target` is, so that a reader sees the old directory or the new one.
+
+    Where the file system can swap two names at once (renameat2 RENAME_EXCHANGE: ext4, xfs,
+    btrfs, tmpfs on Linux >= 3.15) that is exact, even under SIGKILL. Elsewhere (NFS, some
+    parallel file systems) it takes two renames: a kill in the microseconds between them leaves
+    the old directory at `.<name>.<random>.old/<name>`, and `target` absent.
+    """
+    new, target = Path(new), Path(target)
+    if not target.exists() or (target.is_dir() and not any(target.iterdir())):
+        os.replace(new, target)  # rename(2) also replaces an empty directory
+        return
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # `new` now names the old directory
+        return
+    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".old"))
+    os.replace(target, old / target.name)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with renameat2(2); False where the system or file system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
 
 
 @contextlib.contextmanager

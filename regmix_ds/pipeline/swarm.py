@@ -26,7 +26,7 @@ import numpy as np
 
 from regmix_ds.core.config import ExperimentConfig, SwarmConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import write_json_atomic, write_text_atomic
+from regmix_ds.core.files import replace_directory, write_json_atomic, write_text_atomic
 from regmix_ds.core.layout import SwarmDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture, read_prior
@@ -249,13 +249,7 @@ def check_destination(out_dir: Path, force: bool) -> None:
 def move_into_place(staging: Path, out_dir: Path, force: bool) -> None:
     """Rename the staged directory to `out_dir`, replacing an existing one only when forced."""
     check_destination(out_dir, force)
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        os.replace(staging, out_dir)  # rename(2) also replaces an empty directory
-        return
-    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-    os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old)
+    replace_directory(staging, out_dir)
 
 
 def _settings_record(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import read_json, write_json_atomic, write_text_atomic
+from regmix_ds.core.files import OutputSet, read_json
 from regmix_ds.core.layout import RunDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
@@ -135,5 +135,6 @@ def _write(out_dir: Path, rows: list[Row], target_name: str) -> None:
         lines.append(f"| {row.name} | {row.target_loss:.4f} | {weights} | {row.note} |")
     table = "\n".join(lines)
     print(table)
-    write_text_atomic(out_dir / "summary.md", f"# RegMix verification\n\n{table}\n")
-    write_json_atomic(out_dir / "verify.json", [row.__dict__ for row in rows])
+    with OutputSet([out_dir / "summary.md", out_dir / "verify.json"]) as out:
+        out.write_text(out_dir / "summary.md", f"# RegMix verification\n\n{table}\n")
+        out.write_json(out_dir / "verify.json", [row.__dict__ for row in rows])
