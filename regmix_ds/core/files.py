@@ -367,7 +367,11 @@ def read_yaml(path: str | os.PathLike) -> Any:
     """Parse a YAML file with a safe loader only: user files never construct Python objects."""
     text = read_input_text(path)
     try:
-        return yaml.load(text, Loader=_StrictLoader)
+        loader = _StrictLoader(text)  # a SafeLoader: what `yaml.safe_load` does, plus the checks above
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -22,7 +22,7 @@ from regmix_ds.core.progress import interactive
 EOS_TOKEN = "<|endoftext|>"
 TRAINING_RECORD = "regmix_tokenizer.json"
 GENERIC_CLASSES = {"PreTrainedTokenizerFast", "TokenizersBackend"}
-HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")  # fullmatch: no trailing newline
 
 
 def load_tokenizer(spec: str, local: Path, where: str) -> Any:
@@ -32,7 +32,7 @@ def load_tokenizer(spec: str, local: Path, where: str) -> Any:
     """
     if local.exists():
         source = str(local)
-    elif HUB_NAME.match(spec) and not spec.startswith("."):
+    elif HUB_NAME.fullmatch(spec) and not spec.startswith("."):
         source = spec
     else:
         raise RegmixError(where, f"tokenizer directory {local} not found")

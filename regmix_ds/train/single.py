@@ -200,6 +200,7 @@ def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
     on every rank, so a bad flag ends every rank with exit 2 instead of leaving one waiting.
     """
     plan = plan_run(config, dist_env.world_size)
+    engine.check_settings(plan.deepspeed, dist_env.world_size)
     start = decide_start(plan)
     if start == "done":
         if dist_env.is_main:
