@@ -87,6 +87,9 @@ DEMO_SECTIONS = {
               "group_size": 16},
     "fit": {"target": TARGET_NAME, "folds": 4, "min_data_in_leaf": 4},
     "simulate": {"candidates": 200000, "bootstrap": 10, "top_k": 32},
+    # The transfer check (launchers/demo-transfer.sh): 18 mixtures at about 8x the demo
+    # proxies' parameters, as two groups of 9 for 2 cores.
+    "transfer": {"preset": "proxy-1m", "group_size": 9},
 }
 
 
