@@ -125,6 +125,7 @@ class OutputSet:
             staged.write_text(text, encoding="utf-8")
         except OSError as err:
             raise cannot_write(path, err) from None
+        faults.reached(f"stage {Path(path).name}")
 
     def write_json(self, path: str | os.PathLike, obj: Any) -> None:
         """Stage `obj` as JSON output `path`, as `write_json_atomic` spells it."""
