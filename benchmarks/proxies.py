@@ -34,7 +34,7 @@ from regmix_ds.core.config import MODEL_PRESETS
 from regmix_ds.core.dsconfig import load_ds_config
 from regmix_ds.train import model as models
 from regmix_ds.train.group import AdamW, GroupState, fresh_start, stacked_step
-from regmix_ds.train.stacked import StackedLlama
+from regmix_ds.train.stacked import LOSS_CHUNK, StackedLlama
 from regmix_ds.train.utilization import Utilization, measure_matmul_peak, synchronize
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,12 +64,14 @@ def random_batches(vocab_size: int, shape: tuple[int, ...], seed: int,
 
 
 def time_group(hf_config, k: int, micro: int, steps: int, skip: int, device: torch.device, dtype: torch.dtype,
-               seed: int) -> float:
-    """Seconds of the timed steps of K proxies trained as one group."""
-    model, adamw = StackedLlama.from_config(hf_config), AdamW.from_deepspeed(load_ds_config(DS_CONFIG))
+               seed: int, accumulation: int = 1, compile: bool = False) -> float:
+    """Seconds of the timed steps of K proxies trained as one group (`compile`: as `proxy.compile` trains)."""
+    model = StackedLlama.from_config(hf_config, LOSS_CHUNK[device.type], compile)
+    adamw = AdamW.from_deepspeed(load_ds_config(DS_CONFIG))
     state = GroupState.stack([fresh_start(hf_config, seed)] * k, device)
     lrs = torch.full((k,), LR, device=device)
-    batches = random_batches(hf_config.vocab_size, (1, k, micro, hf_config.max_position_embeddings + 1), seed, device)
+    shape = (accumulation, k, micro, hf_config.max_position_embeddings + 1)
+    batches = random_batches(hf_config.vocab_size, shape, seed, device)
     return time_steps(steps, skip, device, batches,
                       lambda batch, step: stacked_step(model, adamw, state, batch, lrs, step, dtype))
 

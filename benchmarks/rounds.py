@@ -58,7 +58,7 @@ def arm_config(directory: Path, arm: str, proxies: int, seed: int) -> Path:
     config["work_dir"] = str(work / "work")
     config["data"]["tokenizer"] = str(directory / "work" / "tokenizer")
     config["proxy"]["deepspeed_config"] = str(directory / config["proxy"]["deepspeed_config"])
-    for name, source in config["data"]["domains"].items():
+    for source in config["data"]["domains"].values():
         source["paths"] = [str(directory / path) for path in source["paths"]]
     for source in config["data"].get("targets", {}).values():
         source["paths"] = [str(directory / path) for path in source["paths"]]

@@ -7,8 +7,11 @@ draws candidates with simulate's own sampler (token prior, strengths 0.1-5) unti
                     inside the timing);
   baseline_seconds: `lightgbm.Booster.predict` on every candidate plus a stable sort;
 and checks that both give the same top-k set (`topk_identical`) with the same scores.
-Then times a whole `simulate` run (1,000,000 drawn candidates, `--bootstrap` refits):
-`bootstrap_seconds`. The last line is one JSON object.
+Then, for every other surrogate fitted on the same runs (`surrogates`): `fit_seconds`, `seconds`
+to find the top k of the same candidates (vectorised scoring of every candidate for the smooth
+ones; the pruned exact scorer for `bagged`), and for the smooth ones `optimize_seconds`: the
+optimiser's proposal started from that top k. Then times a whole `simulate` run (1,000,000
+drawn candidates, `--bootstrap` refits): `bootstrap_seconds`. The last line is one JSON object.
 
     python benchmarks/simulate.py [--candidates 1000000] [--top-k 128] [--bootstrap 20]
 """
@@ -24,8 +27,12 @@ import numpy as np
 
 from regmix_ds.core.config import FitConfig, SimulateConfig
 from regmix_ds.regress.fit import FittedModel, TreeModel, fit
+from regmix_ds.regress.gp import GaussianProcess
+from regmix_ds.regress.proposer import Region, minimise, top_k
 from regmix_ds.regress.simulate import domain_caps, draw_candidates, resolve_prior, run_simulate
+from regmix_ds.regress.surrogates import LinearModel, LogLinearModel
 from regmix_ds.regress.tables import Target, read_regmix_tables
+from regmix_ds.regress.trees import BaggedTrees
 from regmix_ds.regress.treescore import full_lowest_k
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +56,28 @@ def candidates_in_support(fitted: FittedModel, prior: dict, wanted: int) -> np.n
         kept.append(drawn[(drawn <= caps).all(axis=1)])
         round_ += 1
     return np.ascontiguousarray(np.concatenate(kept)[:wanted])
+
+
+def other_surrogates(fitted: FittedModel, rows: np.ndarray, k: int) -> dict:
+    """Fit, top-k and (smooth) optimiser seconds of every surrogate but lightgbm, on the same candidates."""
+    weights, target = fitted.training_data()
+    region = Region(np.array([fitted.support_max[d] for d in fitted.domains]))
+    fits = {
+        "linear": lambda: LinearModel.fit(weights, target),
+        "loglinear": lambda: LogLinearModel.fit(weights, target),
+        "gp": lambda: GaussianProcess.fit(weights, target),
+        "bagged": lambda: BaggedTrees.fit(weights, target, fitted.settings, fitted.trees),
+    }
+    timings = {}
+    for name, fit_one in fits.items():
+        model, fit_seconds = timed(fit_one)
+        average, seconds = timed(lambda m=model: top_k(m, rows, k))
+        timings[name] = {"fit_seconds": round(fit_seconds, 2), "seconds": round(seconds, 3)}
+        if model.smooth:
+            _, optimize_seconds = timed(lambda m=model, a=average: minimise(m, region, [a.weights, *a.leaders]))
+            timings[name]["optimize_seconds"] = round(optimize_seconds, 3)
+        print(f"{name}: {timings[name]}", flush=True)
+    return timings
 
 
 def main() -> None:
@@ -85,6 +114,7 @@ def main() -> None:
             "topk_identical": bool(identical),
             "work_fraction": round(ours.work_fraction, 4),
         }
+        summary["surrogates"] = other_surrogates(fitted, rows, args.top_k)
         if args.bootstrap:
             settings = SimulateConfig(bootstrap=args.bootstrap)
             result, bootstrap_seconds = timed(

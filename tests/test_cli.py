@@ -28,6 +28,7 @@ from regmix_ds.commands.main import main
 from regmix_ds.core.dsconfig import with_mixture
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.indexed import IndexedDataset
 from regmix_ds.train import engine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -590,6 +591,31 @@ def _(b: Bench) -> BadInput:
                     [out, b.model], "--target-tokens: token budgets need --manifest")
 
 
+@case("flag-guard-without-loss-models")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--guard", "github=0.01"), [out, b.model],
+                    f"--guard: no model of loss github in {b.model} (fit with --all-losses)")
+
+
+@case("flag-guard-unmeetable")
+def _(b: Bench) -> BadInput:
+    model = b.tmp / "guarded"
+    inputs = [b.regmix / name for name in REGMIX_TRAIN]
+    assert main(["fit", "--mixtures", str(inputs[0]), "--losses", str(inputs[1]), "--target", "pile_cc",
+                 "--regressor", "linear", "--all-losses", "--out", str(model)]) == 0
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", model, "--out", out, "--candidates", 20_000, "--guard", "github=-5"),
+                    [out, model], "--guard: only 0 of")
+
+
+@case("flag-proposer-needs-smooth-surrogate")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--proposer", "optimize"), [out, b.model],
+                    "--proposer: optimize needs a smooth surrogate (linear, loglinear, gp)")
+
+
 @case("flag-fit-two-inputs")
 def _(b: Bench) -> BadInput:
     results = b.results_csv()
@@ -601,6 +627,101 @@ def _(b: Bench) -> BadInput:
 def _(b: Bench) -> BadInput:
     return BadInput(rd("proxy", "--config", b.experiment, "--mixture", b.good_mixture()), [b.work_dir],
                     "--mixture: --mixture and --out go together")
+
+
+@case("flag-plan-gpus")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("plan", "--config", b.experiment, "--gpus", 0), [b.work_dir], "--gpus: must be >= 1, got 0")
+
+
+@case("flag-plan-gpu-without-memory")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("plan", "--config", b.experiment, "--gpu-peak-tflops", 700), [b.work_dir],
+                    "--gpu-peak-tflops: needs plan.gpu_memory_gib too (the GPU's memory)")
+
+
+@case("exp-plan-mfu")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c.update(plan={"mfu": 1.5}))
+    return BadInput(rd("plan", "--config", path), [b.work_dir], f"{path}: plan.mfu: must be in (0, 1], got 1.5")
+
+
+# ---- existing shards and per-file tokenize tasks (prepare) -------------------------------------------
+
+
+def registered_copy(b: Bench, damage: Callable[[Path], None] | None = None) -> Path:
+    """exp.yaml whose news domain is a copy of the tiny corpus's news train shard, given as a Megatron
+    prefix (its .idx or .bin damaged by `damage`)."""
+    prefix = b.tmp / "shards" / "news_text_document"
+    prefix.parent.mkdir()
+    for suffix in (".bin", ".idx"):
+        shutil.copy(Manifest.load(b.manifest).train["news"].prefix.with_suffix(suffix), prefix.with_suffix(suffix))
+    if damage:
+        damage(prefix)
+    return b.edited_experiment(lambda c: c["data"]["domains"].update(news={"prefixes": [str(prefix)]}))
+
+
+@case("exp-paths-and-prefixes")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"]["domains"]["news"].update(prefixes=["shards/news_*"]))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir],
+                    f"{path}: data.domains.news.paths: give paths (raw text) or prefixes (existing Megatron shards)")
+
+
+@case("exp-chunk-bytes-per-domain")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"].update(chunk_bytes=10**9))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir],
+                    f"{path}: data.chunk_bytes: splits files into tasks, which needs shard_by: file")
+
+
+@case("exp-train-tokenizer-with-shards")
+def _(b: Bench) -> BadInput:
+    path = registered_copy(b)
+    return BadInput(rd("prepare", "--config", path, "--train-tokenizer"), [b.work_dir, b.tmp / "shards"],
+                    f"{path}: data.domains.news.prefixes: existing shards need the tokenizer they were made with")
+
+
+@case("shard-glob-matches-nothing")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"]["domains"].update(news={"prefixes": [str(b.tmp / "pile" / "*")]}))
+    return BadInput(rd("prepare", "--config", path), [b.work_dir],
+                    f"{path}: data.domains.news.prefixes: no Megatron shards match")
+
+
+@case("shard-multimodal-index")
+def _(b: Bench) -> BadInput:
+    def add_modes(prefix: Path) -> None:
+        idx = prefix.with_suffix(".idx")
+        idx.write_bytes(idx.read_bytes() + bytes(len(IndexedDataset(prefix))))
+
+    path = registered_copy(b, add_modes)
+    return BadInput(rd("prepare", "--config", path), [b.work_dir, b.tmp / "shards"],
+                    "news_text_document.idx: a Megatron multimodal index")
+
+
+@case("shard-from-another-tokenizer")
+def _(b: Bench) -> BadInput:
+    def other_ids(prefix: Path) -> None:
+        data = prefix.with_suffix(".bin")
+        data.write_bytes(b"\xff" * data.stat().st_size)
+
+    path = registered_copy(b, other_ids)
+    return BadInput(rd("prepare", "--config", path), [b.work_dir, b.tmp / "shards"],
+                    "news_text_document.bin: token id 65535 (token 0) is outside the vocabulary [0, 512) of "
+                    "data.tokenizer")
+
+
+@case("flag-task-per-domain")
+def _(b: Bench) -> BadInput:
+    return BadInput(rd("prepare", "--config", b.experiment, "--task", 1), [b.work_dir],
+                    "--task: tokenize tasks need data.shard_by: file")
+
+
+@case("flag-task-unknown")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"].update(shard_by="file"))
+    return BadInput(rd("prepare", "--config", path, "--task", 99), [b.work_dir], "--task: no task 99 (tasks: 1-7)")
 
 
 # ---- stages run out of order -------------------------------------------------------------------------

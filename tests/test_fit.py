@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,70 @@ def test_changed_training_input_is_detected(tmp_path, regmix_data, capsys):
     losses.write_text(losses.read_text().replace("5.", "6.", 1))
     with pytest.raises(RegmixError, match="changed since the fit"):
         FittedModel.load(tmp_path / "fit").training_data()
+
+
+@pytest.fixture(scope="module")
+def auto_fit(regmix_data, tmp_path_factory):
+    """`fit --regressor auto --all-losses` on the first 120 of RegMix's runs (small, so every surrogate is quick)."""
+    base = tmp_path_factory.mktemp("auto")
+    for name in ("train_mixture_1m.csv", "train_pile_loss_1m.csv"):
+        lines = (regmix_data / "data" / name).read_text().splitlines()
+        (base / name).write_text("\n".join(lines[:121]) + "\n")
+    out = base / "fit"
+    assert run("fit", "--mixtures", base / "train_mixture_1m.csv", "--losses", base / "train_pile_loss_1m.csv",
+               "--target", "pile_cc", "--regressor", "auto", "--all-losses", "--folds", 3, "--trees", 300,
+               "--members", 2, "--min-data-in-leaf", 10, "--out", out) == 0
+    return out
+
+
+def test_auto_lists_every_surrogate_and_keeps_the_best_ranked(auto_fit):
+    from regmix_ds.regress.fit import read_cv_predictions
+    from regmix_ds.regress.surrogates import FAMILY
+
+    report = json.loads(FitDir(auto_fit).report.read_text())
+    candidates = report["selection"]["candidates"]
+    assert list(candidates) == list(FAMILY) and report["selection"]["requested"] == "auto"
+    spearman = {name: entry["metrics"]["spearman"] for name, entry in candidates.items()}
+    assert report["regressor"] == max(spearman, key=spearman.get)
+    assert all({"spearman", "pearson", "rmse"} <= set(entry["metrics"]) for entry in candidates.values())
+    _, columns = read_cv_predictions(auto_fit)
+    assert set(columns) == {"predicted", *(f"predicted:{name}" for name in FAMILY)}
+    np.testing.assert_array_equal(columns["predicted"], columns[f"predicted:{report['regressor']}"])
+    kept = FittedModel.load(auto_fit)
+    assert kept.model.regressor == report["regressor"] and kept.settings.regressor == "auto"
+    assert kept.candidates == FAMILY
+
+
+def test_auto_keeps_each_surrogate_tried_as_a_fit_of_its_own(auto_fit):
+    kept = FittedModel.load(auto_fit)
+    weights, _ = kept.training_data()
+    for name in kept.candidates:
+        candidate = FittedModel.load(FitDir(auto_fit).candidate(name).path)
+        assert candidate.model.regressor == name == candidate.settings.regressor
+        if name == kept.model.regressor:
+            np.testing.assert_array_equal(candidate.model.predict(weights), kept.model.predict(weights))
+
+
+def test_all_losses_fits_every_loss_with_the_kept_surrogate(auto_fit):
+    report = json.loads(FitDir(auto_fit).report.read_text())
+    kept = FittedModel.load(auto_fit)
+    table = kept.training_table()
+    assert kept.losses == tuple(table.losses) and set(report["losses"]) == set(table.losses)
+    github = kept.loss_model("github")
+    assert github.model.regressor == kept.model.regressor and github.target.label == "github"
+    assert report["losses"]["github"]["metrics"]["spearman"] > 0.8
+
+
+@pytest.mark.parametrize("fixture", ["linear_fit", "lightgbm_fit"])
+def test_a_model_json_from_before_the_surrogate_family_still_loads(fixture, request, tmp_path):
+    import shutil
+
+    model = Path(shutil.copytree(request.getfixturevalue(fixture), tmp_path / "old"))
+    sidecar = json.loads(FitDir(model).sidecar.read_text())
+    for key in ("members", "all_losses"):  # settings that did not exist then
+        del sidecar["settings"][key]
+    FitDir(model).sidecar.write_text(json.dumps(sidecar))
+    old, new = FittedModel.load(model), FittedModel.load(request.getfixturevalue(fixture))
+    weights, _ = new.training_data()
+    np.testing.assert_array_equal(old.model.predict(weights), new.model.predict(weights))
+    assert old.losses == old.candidates == ()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, write_indexed
+from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, read_header, write_indexed
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [[5, 6, 7, 0], [9, 0], [1, 2, 3, 4, 65000, 0]]
@@ -138,6 +138,7 @@ BAD_FILES = {
     "truncated idx": (".idx", lambda raw: raw[:-5], "truncated index"),
     "idx shorter than header": (".idx", lambda raw: raw[:20], "truncated index"),
     "idx with trailing bytes": (".idx", lambda raw: raw + b"\x00", "trailing bytes"),
+    "multimodal index": (".idx", lambda raw: raw + bytes([0, 1, 0]), "multimodal shards are not supported"),
     "sequence count lies": (".idx", idx_field(18, "<Q", 4), "truncated index"),
     "pointer off": (".idx", idx_field(34 + 3 * 4 + 8, "<q", 10), "pointers do not follow"),
     "document indices end early": (".idx", idx_field(34 + 3 * 12 + 3 * 8, "<q", 2), "document indices run 0..2"),
@@ -157,6 +158,31 @@ def test_bad_file_is_a_one_line_error_naming_it(megatron_uint16, case):
         IndexedDataset(megatron_uint16)
     assert err.value.where == str(path)
     assert "\n" not in str(err.value)
+
+
+HEADER_ONLY = sorted(set(BAD_FILES) - {"pointer off", "negative length", "first length corrupt"})
+"""The damage `read_header` finds from the header, both sizes and the index's two ends (the other
+three need the whole index, which a training run reads when it opens the shard)."""
+
+
+@pytest.mark.parametrize("case", HEADER_ONLY)
+def test_header_checks_find_damage_without_reading_the_index(megatron_uint16, case):
+    suffix, edit, problem = BAD_FILES[case]
+    path = corrupt(megatron_uint16, suffix, edit)
+    with pytest.raises(RegmixError, match=problem) as err:
+        read_header(megatron_uint16)
+    assert err.value.where == str(path)
+
+
+def test_header_counts_and_document_starts_match_the_full_index(tmp_path):
+    sequences = [[100000, 1], [2], [70000, 3, 0], [4, 4]]
+    prefix = write_pair(tmp_path / "sent", *megatron_bytes(sequences, 4, np.int32, document_indices=[0, 2, 3, 4]))
+    header, dataset = read_header(prefix), IndexedDataset(prefix)
+    assert (header.documents, header.tokens, header.sequences, header.dtype) == (3, 8, 4, np.int32)
+    assert (header.documents, header.tokens) == (len(dataset), dataset.num_tokens)
+    assert header.document_starts(0, 3).tolist() == [0, 3, 6, 8]
+    assert header.document_starts(2, 2).tolist() == [6]
+    assert header.tokens_at(3, 6).tolist() == dataset[1].tolist()
 
 
 @pytest.mark.parametrize("missing", [".bin", ".idx"])

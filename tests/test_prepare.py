@@ -105,6 +105,30 @@ def test_moved_experiment_is_still_current(workspace, tmp_path):
     assert data_files(moved / "exp.yaml") == before
 
 
+def test_a_work_dir_of_the_first_manifest_format_loads_and_stays_current(workspace):
+    data = workspace.parent / "work" / "data"
+    for stamp in data.glob("*.prepared.json"):  # stamps and manifest as the first format wrote them
+        content = json.loads(stamp.read_text())
+        content["splits"] = {kind: {"prefix": entry["prefixes"][0]["prefix"], "tokens": entry["tokens"],
+                                    "documents": entry["documents"]} for kind, entry in content["splits"].items()}
+        stamp.write_text(json.dumps(content))
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["format"] = "regmix-ds/manifest-1"
+    for entry in [*manifest["domains"].values(), *manifest["targets"].values()]:
+        for kind in ("train", "valid"):
+            if kind in entry:
+                entry[kind] = {"prefix": entry[kind]["prefixes"][0]["prefix"], "tokens": entry[kind]["tokens"],
+                               "documents": entry[kind]["documents"]}
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    old = Manifest.load(data / "manifest.json")
+    assert old.train["news"].prefix == data / "news_train"
+
+    shards = {p.name: p.stat().st_mtime_ns for p in data.glob("*.[bi][id][nx]")}
+    assert prepare(ExperimentConfig.load(workspace)) == old
+    assert {p.name: p.stat().st_mtime_ns for p in data.glob("*.[bi][id][nx]")} == shards
+    assert json.loads((data / "manifest.json").read_text())["format"] == "regmix-ds/manifest-2"
+
+
 def test_forced_rebuild_is_byte_identical(workspace):
     data = workspace.parent / "work" / "data"
     before = {p.name: p.read_bytes() for p in data.glob("*.[bi][id][nx]")}

@@ -59,3 +59,32 @@ def test_bad_best_json_writes_nothing(fitted, tmp_path, capsys):
     assert main(["report", "--model", str(fitted / "fit"), "--best", str(bad), "--out", str(out)]) == 2
     assert "lacks domain" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_several_best_json_side_by_side(fitted, regmix_data, tmp_path):
+    from regmix_ds.core.mixture import Mixture
+    from regmix_ds.regress.report import chosen_weights
+
+    settings = SimulateConfig(candidates=5000, bootstrap=2, proposer="optimize")
+    run_simulate(fitted / "fit", tmp_path / "optimized.json", settings, regmix_data / "token_prior.yaml",
+                 progress=False)
+    assert main(["report", "--model", str(fitted / "fit"), "--best", str(fitted / "best.json"),
+                 "--best", str(tmp_path / "optimized.json"), "--out", str(tmp_path / "plots")]) == 0
+    assert (tmp_path / "plots" / "weights.png").read_bytes().startswith(PNG)
+    paths = (fitted / "best.json", tmp_path / "optimized.json")
+    entries = [(json.loads(p.read_text()), Mixture.load(p)) for p in paths]
+    axes = chosen_weights(*entries[0], compared=entries[1:]).axes[0]
+    domains = len(entries[0][1].domains)
+    assert len(axes.patches) == 3 * domains  # prior, then each chosen mixture
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["prior", "linear, topk", "linear, optimize"]
+
+
+def test_one_panel_per_surrogate_after_auto():
+    from regmix_ds.regress.report import predicted_vs_measured, surrogate_panels
+
+    measured = np.linspace(3, 4, 20)
+    columns = {"predicted": measured + 0.01, "predicted:linear": measured + 0.1, "predicted:gp": measured + 0.01}
+    panels = surrogate_panels(columns, "gp")
+    assert list(panels) == ["linear", "gp (kept)"]
+    assert len(predicted_vs_measured(measured, panels, "pile_cc").axes) == 2
+    assert list(surrogate_panels({"predicted": measured}, "lightgbm")) == ["lightgbm"]

@@ -176,3 +176,62 @@ def test_simulate_from_config_uses_work_dir(linear_model, tmp_path):
     assert run("simulate", "--config", config) == 0
     best = json.loads((work / "best.json").read_text())
     assert best["settings"]["top_k"] == 16 and best["candidates"]["drawn"] == 5000
+
+
+@pytest.fixture(scope="module")
+def guarded_model(regmix_data, tmp_path_factory):
+    """A linear fit of every loss of RegMix's runs (fit.all_losses), for the guardrails."""
+    out = tmp_path_factory.mktemp("fit") / "all_losses"
+    table = read_regmix_tables(regmix_data / "data/train_mixture_1m.csv", regmix_data / "data/train_pile_loss_1m.csv")
+    fit(table, Target.parse("pile_cc"), FitConfig(regressor="linear", all_losses=True), out)
+    return out
+
+
+def test_guardrail_holds_and_says_whether_it_binds(guarded_model, regmix_data, tmp_path):
+    assert run("simulate", "--model", guarded_model, "--prior", regmix_data / "token_prior.yaml", "--candidates",
+               50_000, "--bootstrap", 2, "--guard", "github=0,arxiv=0.5", "--out", tmp_path / "best.json") == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    guards = best["guardrails"]["guards"]
+    fitted = FittedModel.load(guarded_model)
+    chosen = Mixture.load(tmp_path / "best.json").vector(fitted.domains)[None, :]
+    for loss, guard in guards.items():
+        assert guard["predicted"] <= guard["limit"] + 1e-9
+        assert guard["predicted"] == pytest.approx(fitted.loss_model(loss).model.predict(chosen)[0])
+        unguarded = np.array([[best["guardrails"]["unguarded"]["weights"][d] for d in fitted.domains]])
+        breaks = fitted.loss_model(loss).model.predict(unguarded)[0] > guard["limit"] + 1e-9
+        assert guard["binds"] == bool(breaks)
+    assert guards["github"]["binds"]  # RegMix's Pile-CC optimum gives up github loss, which the guard forbids
+    assert guards["github"]["limit"] == guards["github"]["reference"]
+    assert best["guardrails"]["reference"] == "natural"
+
+
+def test_optimizer_proposal_respects_caps_and_token_budgets(linear_model, regmix_data, tmp_path):
+    fitted = FittedModel.load(linear_model)
+    prior = prior_by_domain(regmix_data / "token_prior.yaml")
+    manifest = write_manifest(tmp_path / "manifest.json", {d: int(prior[d] * 1e9) for d in fitted.domains})
+    assert run("simulate", "--model", linear_model, "--manifest", manifest, "--candidates", 50_000, "--bootstrap", 2,
+               "--target-tokens", 1_000_000_000, "--max-epochs", 3, "--proposer", "optimize",
+               "--out", tmp_path / "best.json") == 0
+    best = json.loads((tmp_path / "best.json").read_text())
+    assert best["proposer"] == "optimize" and set(best["proposals"]) == {"topk", "optimize"}
+    for domain, weight in best["weights"].items():
+        assert weight <= best["caps"][domain] + 1e-9
+    optimized, averaged = best["proposals"]["optimize"], best["proposals"]["topk"]
+    assert best["predicted_target"] == optimized["predicted_target"] <= averaged["predicted_target"]
+    for domain, (low, high) in best["intervals"]["weights"].items():
+        assert 0 <= low <= high <= best["caps"][domain]
+
+
+@pytest.mark.parametrize("extra, problem", [
+    (["--guard", "github=-5"], "--guard: only 0 of"),
+    (["--proposer", "optimize"], "--proposer: optimize needs a smooth surrogate"),
+    (["--kl-weight", "1"], "--kl-weight: only the optimize proposer has a KL term"),
+])
+def test_guardrails_and_proposers_refuse_what_they_cannot_do(guarded_model, lightgbm_model, tmp_path, capsys,
+                                                               extra, problem):
+    model = lightgbm_model if "optimize" in extra else guarded_model
+    assert run("simulate", "--model", model, "--candidates", 20_000, "--bootstrap", 0,
+               "--out", tmp_path / "best.json", *extra) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and problem in err, err
+    assert not (tmp_path / "best.json").exists()

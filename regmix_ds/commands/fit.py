@@ -16,8 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="fit the regression mixture -> target loss; k-fold cross-validated report",
         description="Input: our results.csv (--results, or --config: <work_dir>/results.csv, runs with status "
         "'done'), or RegMix's layout (--mixtures + --losses, joined on index, rows renormalised). Writes "
-        "DIR/model.json (+ model.txt for LightGBM), DIR/fit_report.json (k-fold Spearman, Pearson, RMSE) and "
-        "DIR/cv_predictions.csv. Flags override the exp.yaml fit: section.",
+        "DIR/model.json (+ model.txt for trees), DIR/fit_report.json (k-fold Spearman, Pearson, RMSE of every "
+        "surrogate tried) and DIR/cv_predictions.csv; with --regressor auto also DIR/candidates/<surrogate>/, with "
+        "--all-losses DIR/losses/<loss>/. Flags override the exp.yaml fit: section.",
     )
     parser.add_argument("--config", metavar="EXP_YAML",
                         help="experiment config: reads <work_dir>/results.csv and the fit: section, "
@@ -95,4 +96,13 @@ def _summary(report: dict, out) -> str:
         if section:
             metrics = section["metrics"][label]
             lines.append(f"  {name}: {format_quality(metrics)} ({metrics['runs']} runs)")
+    candidates = report["selection"]["candidates"]
+    if len(candidates) > 1:
+        lines.append(f"  auto kept {report['regressor']} by {report['selection']['by']}; every surrogate tried:")
+        held_out = (report.get("evaluation") or {}).get("candidates", {})
+        for name, entry in candidates.items():
+            line = f"    {name}: cross-validated {format_quality(entry['metrics'])}"
+            lines.append(line + (f"; held-out {format_quality(held_out[name])}" if name in held_out else ""))
+    for name, entry in report.get("losses", {}).items():
+        lines.append(f"  loss {name}: cross-validated {format_quality(entry['metrics'])}")
     return "\n".join(lines)

@@ -12,13 +12,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "report",
         help="PNG plots: cross-validated predicted vs measured, chosen weights vs prior, weight vs target",
-        description="Writes predicted_vs_measured.png and domain_vs_target.png from a fit, and weights.png "
-        "(chosen weights with intervals next to the prior) when a best.json is given.",
+        description="Writes predicted_vs_measured.png (one panel per surrogate after fit --regressor auto) and "
+        "domain_vs_target.png from a fit, and weights.png (chosen weights with intervals next to the prior) when a "
+        "best.json is given; several --best (say one per surrogate) are drawn side by side.",
     )
     parser.add_argument("--config", metavar="EXP_YAML", help="experiment config: model <work_dir>/fit, best.json "
                         "<work_dir>/best.json (if present), output <work_dir>/report")
     parser.add_argument("--model", metavar="DIR", help="output directory of regmix-ds fit")
-    parser.add_argument("--best", metavar="JSON", help="best.json from regmix-ds simulate (for weights.png)")
+    parser.add_argument("--best", metavar="JSON", action="append",
+                        help="best.json from regmix-ds simulate (for weights.png); repeat it to compare mixtures")
     parser.add_argument("--out", metavar="DIR", help="directory for the PNGs")
     parser.set_defaults(run=run)
 
@@ -32,7 +34,7 @@ def run(args: argparse.Namespace) -> None:
     out = args.out or (experiment.work.report if experiment else None)
     best = args.best
     if best is None and experiment is not None and experiment.work.best.exists():
-        best = experiment.work.best
+        best = [experiment.work.best]
     for flag, value in (("--model", model), ("--out", out)):
         if value is None:
             raise RegmixError(flag, "required without --config")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from regmix_ds.core.config import SimulateConfig
 from regmix_ds.core.errors import RegmixError
@@ -16,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="score candidate mixtures with the fitted model; average the best -> best.json (+ DeepSpeed config)",
         description="Draws candidates from Dirichlet(prior x strength), keeps those inside the support the proxies "
         "covered (no domain above its largest training weight or --max-weight cap; token budgets with "
-        "--target-tokens/--max-epochs), averages the top k, and bootstraps intervals. Writes best.json and, with "
+        "--target-tokens/--max-epochs) and within the guardrails (--guard), averages the top k (and, for a smooth "
+        "surrogate, minimises the prediction over the same region: --proposer optimize), and bootstraps "
+        "intervals. Writes best.json and, with "
         "--deepspeed-config/--out-config, a copy of the DeepSpeed config with the mixture in its \"regmix\" block. "
         "Flags override the exp.yaml simulate: section.",
     )
@@ -49,12 +52,21 @@ def run(args: argparse.Namespace) -> None:
         manifest = experiment.work.manifest
     with named_by_flags(SimulateConfig, given, file):
         settings = apply_flags(SimulateConfig, given, experiment.simulate if experiment else None, file)
+        if experiment and "guard_reference" not in given and settings.guard_reference != "natural":
+            # A path in exp.yaml is relative to the file, like every path there.
+            settings = dataclasses.replace(settings, guard_reference=str(experiment.resolve(settings.guard_reference)))
         result = run_simulate(model, out, settings, prior_path=args.prior, manifest_path=manifest,
                               deepspeed_config=args.deepspeed_config, out_config=args.out_config)
     top = sorted(result.mixture.weights.items(), key=lambda item: -item[1])[:5]
     interval = "" if result.predicted_interval is None else " [{:.4g}, {:.4g}]".format(*result.predicted_interval)
-    print(f"{out}: predicted target {result.predicted:.4g}{interval}; "
+    print(f"{out}: predicted target {result.predicted:.4g}{interval} ({result.proposer}); "
           + ", ".join(f"{d} {w:.3f}" for d, w in top)
           + f" ({result.in_support} of {result.drawn} candidates in support)")
+    for name, proposal in result.proposals.items():
+        if name != result.proposer:
+            print(f"  {name} would predict {proposal.predicted:.4g}")
+    for loss, guard in (result.guardrails or {}).get("guards", {}).items():
+        print(f"  guardrail {loss}: {guard['predicted']:.4g} <= {guard['limit']:.4g}"
+              + (" (binds)" if guard["binds"] else ""))
     if args.out_config:
         print(f"{args.out_config}: DeepSpeed config with the mixture in its \"regmix\" block")

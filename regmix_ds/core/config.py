@@ -171,14 +171,29 @@ class TrainConfig(TrainSettings):
 
 @dataclass(frozen=True)
 class DomainSource(Settings):
-    """Where one domain's raw text lives."""
+    """Where one domain's documents live: raw text to tokenize, or existing Megatron shards."""
 
     SECTION = "data.domains.<name>"
 
-    paths: tuple[str, ...]
+    paths: tuple[str, ...] = ()
     """jsonl / json / parquet / txt files, or one local HF dataset directory (`save_to_disk`)."""
     text_field: str = "text"
     """The column holding the document text (ignored for .txt: one document per line)."""
+    prefixes: tuple[str, ...] = ()
+    """Existing Megatron shards instead of `paths`: prefixes (`<prefix>.bin` + `<prefix>.idx`) or globs of them,
+    read in sorted order as one stream, never re-tokenized (a target's are its validation set)."""
+    valid_prefixes: tuple[str, ...] = ()
+    """A domain's own validation shards, prefixes or globs (unset: `valid_documents` are held out of `prefixes`)."""
+
+    def validate(self) -> None:
+        """Exactly one of paths and prefixes; valid_prefixes only beside prefixes."""
+        self.require(bool(self.paths) != bool(self.prefixes), "paths",
+                     "give paths (raw text) or prefixes (existing Megatron shards), exactly one of them")
+        self.require(not self.valid_prefixes or bool(self.prefixes), "valid_prefixes",
+                     "goes with prefixes (existing shards); raw text holds out valid_documents instead")
+
+
+ShardBy = Literal["domain", "file"]
 
 
 @dataclass(frozen=True)
@@ -188,22 +203,31 @@ class DataConfig(Settings):
     SECTION = "data"
 
     domains: dict[str, DomainSource]
-    """Domain name -> its raw text. Names become file names and mixture keys."""
+    """Domain name -> its raw text or existing shards. Names become file names and mixture keys."""
     tokenizer: str = "tokenizer"
     """A local tokenizer directory (relative to the config file) or a hub name."""
     targets: dict[str, DomainSource] = field(default_factory=dict)
     """Extra validation-only sets (for example the target you optimise the mixture for), same form as domains."""
     valid_documents: int = 200
-    """Documents per domain held out for validation, drawn with `seed`; the rest train, in input order."""
+    """Documents per domain held out for validation, drawn with `seed`; the rest train, in input order (with
+    shard_by `file` each task draws its share, in proportion to its bytes; from existing shards, the last
+    documents of each prefix, in proportion to its documents)."""
     seed: int = 0
     """Seed of the train/valid split."""
     num_proc: int = 2
     """Processes for `datasets.map` tokenisation."""
     vocab_size: int = 4096
     """Vocabulary of the tokenizer trained by `prepare --train-tokenizer`."""
+    shard_by: ShardBy = "domain"
+    """`domain`: each domain's raw text tokenized whole into one train and one valid shard; `file`: one task and
+    one shard per input file (or `chunk_bytes` of one), run as a Slurm array (`slurm/prepare.sh`) or one after
+    another by `prepare`, then merged into the manifest."""
+    chunk_bytes: int | None = None
+    """With shard_by `file`: .jsonl and .txt inputs larger than this are split into tasks of about this many
+    bytes, at line boundaries (unset: one task per file)."""
 
     def validate(self) -> None:
-        """At least one domain, file-safe names that no target repeats, and counts >= 1."""
+        """At least one domain, file-safe names that no target repeats, counts >= 1, chunks only per file."""
         self.require(bool(self.domains), "domains", "no domains configured")
         for name in [*self.domains, *self.targets]:
             problem = unsafe_name_problem(name, "domain name")
@@ -212,6 +236,12 @@ class DataConfig(Settings):
         self.require(not clash, "targets", f"name(s) also used as a domain: {', '.join(clash)}")
         self.require(self.valid_documents >= 1, "valid_documents", "must be >= 1")
         self.require(self.num_proc >= 1, "num_proc", "must be >= 1")
+        for name, target in self.targets.items():
+            self.require(not target.valid_prefixes, "targets",
+                         f"{name}.valid_prefixes: a target is validation only; list its shards under prefixes")
+        self.require(self.chunk_bytes is None or self.chunk_bytes >= 1, "chunk_bytes", "must be >= 1")
+        self.require(self.chunk_bytes is None or self.shard_by == "file", "chunk_bytes",
+                     "splits files into tasks, which needs shard_by: file")
 
 
 SwarmPreset = Literal["default", "regmix-paper", "regmix-script"]
@@ -326,6 +356,9 @@ class ProxyConfig(TrainSettings):
     1 trains each proxy alone under DeepSpeed."""
     save_model: bool = False
     """Grouped proxies also write `proxies/n<i>/hf/` (a proxy trained alone always does)."""
+    compile: bool = False
+    """Grouped proxies run the stacked decoder layers through `torch.compile` (for GPUs; the first step pays the
+    compile time, 34 s for the tiny test model on 2 CPU cores)."""
 
     def validate(self) -> None:
         """The proxy-1m preset when no model is given, then the TrainSettings checks and group_size >= 1."""
@@ -379,7 +412,9 @@ class TransferConfig(Settings):
         self.require(self.seed >= 0, "seed", "must be >= 0")
 
 
-Regressor = Literal["lightgbm", "linear"]
+Regressor = Literal["lightgbm", "linear", "loglinear", "gp", "bagged", "auto"]
+IntervalMethod = Literal["percentile", "basic", "normal"]
+Proposer = Literal["topk", "optimize"]
 
 
 @dataclass(frozen=True)
@@ -392,7 +427,9 @@ class FitConfig(Settings):
     """Loss to predict: a short name (`pile_cc`), a loss column, or a weighted sum `pile_cc=0.7,github=0.3`
     (required by fit)."""
     regressor: Regressor = "lightgbm"
-    """`lightgbm` (gradient-boosted trees, RegMix's choice) or `linear` (least squares)."""
+    """`lightgbm` (gradient-boosted trees, RegMix's choice), `linear` (least squares), `loglinear` (the
+    data-mixing law c + exp(t . w)), `gp` (a Gaussian process on sqrt(w)), `bagged` (the mean of `members`
+    LightGBM models), or `auto`: each of them k-fold cross-validated, the highest Spearman kept."""
     trees: int = 1000
     """Most trees; k-fold cross-validation inside the training runs picks how many are kept."""
     learning_rate: float = 0.01
@@ -411,10 +448,15 @@ class FitConfig(Settings):
     threads: int = 1
     """LightGBM training threads. Proxy tables are tiny, so more threads only add synchronisation
     (on a busy 2-core machine, OpenMP spin-waiting made 2 threads 90x slower)."""
+    members: int = 8
+    """LightGBM models the `bagged` surrogate averages, each with its own seed (seed, seed + 1, ...)."""
+    all_losses: bool = False
+    """Also fit every loss column (each domain's loss) with the kept surrogate, into fit/losses/<loss>/: what
+    simulate's `guard` needs."""
 
     def validate(self) -> None:
-        """Tree, fold and thread counts, seed, learning rate and subsample within their ranges."""
-        for name in ("trees", "early_stopping", "threads", "min_data_in_leaf"):
+        """Tree, fold, thread and member counts, seed, learning rate and subsample within their ranges."""
+        for name in ("trees", "early_stopping", "threads", "min_data_in_leaf", "members"):
             self.require(getattr(self, name) >= 1, name, "must be >= 1")
         self.require(self.folds >= 2, "folds", "must be >= 2")
         self.require(self.seed >= 0, "seed", "must be >= 0")
@@ -441,7 +483,22 @@ class SimulateConfig(Settings):
     bootstrap: int = 20
     """Refits on resampled proxy runs that give the intervals (0: no intervals)."""
     confidence: float = 0.95
-    """Coverage asked of the percentile intervals."""
+    """Nominal coverage of the intervals (their measured coverage: README, "Surrogates")."""
+    interval: IntervalMethod = "normal"
+    """How the refits become intervals: `normal` (answer -+ Student's t x their standard deviation; the one whose
+    measured coverage came closest to the nominal), `percentile` of their answers, or `basic` (those percentiles
+    mirrored around the full-data answer)."""
+    proposer: Proposer = "topk"
+    """`topk`: average the top_k best candidates (RegMix); `optimize`: minimise the prediction over the allowed
+    region with SLSQP (smooth surrogates: linear, loglinear, gp). best.json records both answers when both apply."""
+    kl_weight: float = 0.0
+    """`optimize` minimises prediction + kl_weight x KL(mixture || prior): a pull towards the prior."""
+    guard: dict[str, float] = field(default_factory=dict)
+    """Guardrails `github=0.01,arxiv=0`: each loss's predicted value may exceed its value under guard_reference
+    by at most that much (needs `fit.all_losses`)."""
+    guard_reference: str = "natural"
+    """The mixture guardrails compare with: `natural` (the prior simulate uses: the manifest's token shares,
+    --prior, or the mean training mixture) or a mixture JSON file."""
     seed: int = 0
     """Seed of the candidates and of the bootstrap resamples."""
     max_weight: dict[str, float] = field(default_factory=dict)
@@ -453,7 +510,8 @@ class SimulateConfig(Settings):
     """Tokens the target model trains on (turns on the token budget; needs a manifest)."""
 
     def validate(self) -> None:
-        """Counts and rates in range, max_epochs and target_tokens together, each max_weight cap in (0, 1]."""
+        """Counts and rates in range, max_epochs and target_tokens together, each max_weight cap in (0, 1],
+        a KL weight only for the optimizer."""
         self.require(self.candidates >= 1, "candidates", "must be >= 1")
         self.require(0 < self.strength_min <= self.strength_max, "strength_min",
                      "need 0 < strength_min <= strength_max")
@@ -461,6 +519,9 @@ class SimulateConfig(Settings):
         self.require(1 <= self.top_k <= self.candidates, "top_k", "must be between 1 and candidates")
         self.require(self.bootstrap >= 0, "bootstrap", "must be >= 0")
         self.require(0 < self.confidence < 1, "confidence", "must be in (0, 1)")
+        self.require(self.kl_weight >= 0, "kl_weight", "must be >= 0")
+        self.require(self.kl_weight == 0 or self.proposer == "optimize", "kl_weight",
+                     "only the optimize proposer has a KL term (give --proposer optimize)")
         self.require(self.seed >= 0, "seed", "must be >= 0")
         self.require(self.max_epochs is None or self.max_epochs > 0, "max_epochs", "must be > 0")
         self.require(self.target_tokens is None or self.target_tokens > 0, "target_tokens", "must be > 0")
@@ -468,6 +529,57 @@ class SimulateConfig(Settings):
                      "give both max_epochs and target_tokens, or neither")
         for name, cap in self.max_weight.items():
             self.require(0 < cap <= 1, "max_weight", f"cap of {name!r} must be in (0, 1], got {cap}")
+
+
+@dataclass(frozen=True)
+class PlanConfig(Settings):
+    """The `plan:` section (or `regmix-ds plan` flags): the devices a swarm will train on, for the budget planner.
+
+    With no GPU numbers the planner measures this machine's device (its GPU, else its CPU).
+    """
+
+    SECTION = "plan"
+
+    gpus: int = 1
+    """GPUs (devices) the swarm trains on at once, one group of proxies each."""
+    gpu_peak_tflops: float | None = None
+    """Matmul peak of one GPU in the proxies' precision (TFLOP/s, e.g. measured by benchmarks/gpu_check.sh);
+    unset: everything about the device is measured on this machine."""
+    gpu_memory_gib: float | None = None
+    """Memory of one GPU (GiB); goes with gpu_peak_tflops."""
+    gpu_bandwidth_tbs: float | None = None
+    """Memory bandwidth of one GPU (TB/s), for the step-time model; with gpu_peak_tflops give it or mfu."""
+    mfu: float | None = None
+    """Model FLOPs utilisation to plan the proxies' time at; unset: the planner's own estimate of the step."""
+    target_preset: ModelPreset = "target-1b"
+    """The model the chosen mixture will train."""
+    target_tokens: int = 25_000_000_000
+    """Tokens the target model trains on (RegMix's 1B models: 25B)."""
+    target_mfu: float = 0.4
+    """MFU the target run's time is planned at: a stated figure, not modelled (the GPU check measures target-1b's)."""
+    vocab_size: int | None = None
+    """Vocabulary to plan with; unset: the prepared manifest's, else data.vocab_size."""
+
+    def validate(self) -> None:
+        """Counts and rates in range; a stated GPU comes with its memory and with a bandwidth or an MFU."""
+        self.require(self.gpus >= 1, "gpus", f"must be >= 1, got {self.gpus}")
+        for name in ("gpu_peak_tflops", "gpu_memory_gib", "gpu_bandwidth_tbs"):
+            value = getattr(self, name)
+            self.require(value is None or value > 0, name, f"must be > 0, got {value}")
+        for name in ("mfu", "target_mfu"):
+            value = getattr(self, name)
+            self.require(value is None or 0 < value <= 1, name, f"must be in (0, 1], got {value}")
+        self.require(self.target_tokens >= 1, "target_tokens", f"must be >= 1, got {self.target_tokens}")
+        self.require(self.vocab_size is None or self.vocab_size >= 1, "vocab_size", "must be >= 1")
+        stated = self.gpu_peak_tflops is not None
+        for name in ("gpu_memory_gib", "gpu_bandwidth_tbs"):
+            self.require(stated or getattr(self, name) is None, name,
+                         f"describes a GPU together with {self.name_of('gpu_peak_tflops')}; without it this machine "
+                         "is measured")
+        self.require(not stated or self.gpu_memory_gib is not None, "gpu_peak_tflops",
+                     f"needs {self.name_of('gpu_memory_gib')} too (the GPU's memory)")
+        self.require(not stated or self.gpu_bandwidth_tbs is not None or self.mfu is not None, "gpu_peak_tflops",
+                     f"needs {self.name_of('gpu_bandwidth_tbs')} too (or {self.name_of('mfu')}, to plan at that MFU)")
 
 
 @dataclass(frozen=True)
@@ -484,6 +596,7 @@ class ExperimentConfig(Settings):
     fit: FitConfig = field(default_factory=FitConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
     transfer: TransferConfig = field(default_factory=TransferConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     path: str = field(default="", metadata={"internal": True})
     """The file it was read from (set by `load`, used in error messages)."""
 

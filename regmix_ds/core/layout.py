@@ -1,16 +1,19 @@
 """Where every file of an experiment lives: the one module that spells the work-dir layout.
 
     <work_dir>/
-      data/            manifest.json, <domain>_{train,valid}.bin/.idx, <domain>.prepared.json
+      data/            manifest.json, <domain>_{train,valid}.bin/.idx, <domain>.prepared.json,
+                       <domain>/{train,valid}-<k>.bin/.idx, part-<k>.json (shard_by: file: one per input file or chunk)
       swarm/           n<i>.json (i = 1..N over every round), swarm.csv, settings.json
       proxies/         n<i>/ (a run directory each), group-<i>.log
       results.csv      one row per swarm member (collect)
       transfer/        the transfer check's tier: swarm/, proxies/, results.csv, transfer.json
       oracle/          a benchmark's oracle search, the same layout
-      fit/             model.json, model.txt, fit_report.json, cv_predictions.csv
+      fit/             model.json, model.txt, fit_report.json, cv_predictions.csv,
+                       candidates/<regressor>/ (regressor auto), losses/<loss>/ (all_losses): fit directories
       best.json        the chosen mixture (simulate)
       verify/          <name>-<hash>.json and <name>-<hash>/ (a run directory each)
       report/          summary.md, verify.json, *.png
+      megatron/        data_args.txt, per_split_data_args.json (export --format megatron)
 
     a run directory:   run.json, metrics.jsonl, checkpoints/, hf/, result.json (written last),
                        failed.json (a failed attempt), proxy.log (when a local runner started it)
@@ -94,6 +97,31 @@ class DataDir:
         """What a domain's shards were built from (`prepare` skips a domain whose stamp matches)."""
         return self.path / f"{name}.prepared.json"
 
+    def part(self, name: str, part: int, split: str) -> Path:
+        """The Megatron prefix of one split of a source's `part`-th per-file shard (one tokenize task's output)."""
+        return self.path / name / f"{split}-{part:05d}"
+
+    def part_stamp(self, name: str, part: int) -> Path:
+        """What that task's shards were built from, written after them: present and matching means done."""
+        return self.path / name / f"part-{part:05d}.json"
+
+
+@dataclass(frozen=True)
+class MegatronDir:
+    """What `regmix-ds export --format megatron --out DIR` writes for Megatron-LM."""
+
+    path: Path
+
+    @property
+    def data_args(self) -> Path:
+        """The `--data-path` list as a file, for `--data-args-path`."""
+        return self.path / "data_args.txt"
+
+    @property
+    def per_split_data_args(self) -> Path:
+        """Train and valid blends as JSON, for `--per-split-data-args-path`."""
+        return self.path / "per_split_data_args.json"
+
 
 @dataclass(frozen=True)
 class SwarmDir:
@@ -140,6 +168,14 @@ class FitDir:
     @property
     def cv_predictions(self) -> Path:
         return self.path / "cv_predictions.csv"
+
+    def candidate(self, regressor: str) -> FitDir:
+        """Where `fit --regressor auto` keeps each surrogate it tried (a fit directory of its own)."""
+        return FitDir(self.path / "candidates" / regressor)
+
+    def loss(self, name: str) -> FitDir:
+        """Where `fit.all_losses` keeps the model of loss `name` (for simulate's guardrails)."""
+        return FitDir(self.path / "losses" / name)
 
 
 Tier = Literal["swarm", "transfer", "oracle"]
@@ -224,3 +260,7 @@ class WorkDir(TierDir):
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def megatron(self) -> MegatronDir:
+        return MegatronDir(self.root / "megatron")

@@ -33,6 +33,10 @@ import torch
 
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.data.indexed import ConcatenatedTokens
+
+TokenStream = np.ndarray | ConcatenatedTokens
+"""A domain's tokens: one memory-mapped shard, or a split's several prefixes read as one."""
 
 MAX_POSITIONS = 2**32
 """Positions must fit in 32 bits for the exact 96-bit products of `BeattyTree`."""
@@ -253,12 +257,14 @@ class BlendedDataset(torch.utils.data.Dataset):
     seed, each domain's sample count): domain order is by name, so neither the mixture file's
     nor the manifest's key order changes the stream. Sample j of a domain is its tokens
     [j*seq_len, j*seq_len + seq_len + 1). Domains with weight 0 are never read and may be
-    short or empty.
+    short or empty. A domain given as several prefixes is one stream, their tokens back to back
+    (`ConcatenatedTokens`): a sample may run from one prefix into the next, as it runs across
+    documents.
     """
 
     def __init__(
         self,
-        streams: Mapping[str, np.ndarray],
+        streams: Mapping[str, TokenStream],
         mixture: Mixture,
         seq_len: int,
         seed: int,
@@ -332,8 +338,9 @@ class BlendedDataset(torch.utils.data.Dataset):
         offsets = np.arange(self.seq_len + 1)
         for index in np.unique(domain).tolist():
             rows = np.flatnonzero(domain == index)
-            tokens[rows] = self._streams[index][chunk[rows, None] * self.seq_len + offsets]
-            check_token_ids(tokens[rows], self.vocab_size, self._sources[index])
+            positions = chunk[rows, None] * self.seq_len + offsets
+            tokens[rows] = self._streams[index][positions]
+            _check_read(tokens[rows], positions, self.vocab_size, self._streams[index], self._sources[index])
         return list(torch.from_numpy(tokens))
 
     def __getitem__(self, position: int) -> torch.Tensor:
@@ -404,7 +411,7 @@ class BlendedSampler(torch.utils.data.Sampler[int]):
         self.consumed_samples = int(consumed)
 
 
-def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str,
+def fixed_samples(stream: TokenStream, seq_len: int, count: int, where: str,
                   vocab_size: int | None = None) -> torch.Tensor:
     """The first min(count, available) packed samples of a validation stream: [rows, seq_len+1]."""
     _check_int("seq_len", seq_len, 1)
@@ -413,7 +420,7 @@ def fixed_samples(stream: np.ndarray, seq_len: int, count: int, where: str,
     rows = min(count, (len(stream) - 1) // seq_len)
     index = np.arange(rows)[:, None] * seq_len + np.arange(seq_len + 1)
     samples = np.asarray(stream[index], dtype=np.int64)
-    check_token_ids(samples, vocab_size, where)
+    _check_read(samples, index, vocab_size, stream, where)
     return torch.from_numpy(samples)
 
 
@@ -427,9 +434,22 @@ def check_token_ids(tokens: np.ndarray, vocab_size: int | None, where: object) -
                                  f"[0, {vocab_size}): the shard is corrupted or from another tokenizer")
 
 
-def _checked_stream(what: str, stream: np.ndarray, seq_len: int, read: bool, where: str) -> np.ndarray:
-    """A 1-D integer token array; one that is read must hold at least one sample."""
-    if not isinstance(stream, np.ndarray) or stream.ndim != 1 or stream.dtype.kind not in "iu":
+def _check_read(tokens: np.ndarray, positions: np.ndarray, vocab_size: int | None, stream: TokenStream,
+                where: object) -> None:
+    """`check_token_ids`, naming the very file a bad id came from when the stream spans several."""
+    try:
+        check_token_ids(tokens, vocab_size, where)
+    except RegmixError:
+        if not isinstance(stream, ConcatenatedTokens):
+            raise
+        flat = tokens.reshape(-1)
+        bad = int(np.flatnonzero((flat < 0) | (flat >= vocab_size))[0])
+        check_token_ids(flat[bad : bad + 1], vocab_size, stream.source_of(int(positions.reshape(-1)[bad])))
+
+
+def _checked_stream(what: str, stream: TokenStream, seq_len: int, read: bool, where: str) -> TokenStream:
+    """A 1-D integer token array (or several read as one); one that is read must hold at least one sample."""
+    if not isinstance(stream, (np.ndarray, ConcatenatedTokens)) or stream.ndim != 1 or stream.dtype.kind not in "iu":
         raise RegmixError(where, f"{what}: tokens must be a 1-D integer array")
     if read and len(stream) == 0:
         raise RegmixError(where, f"{what} is empty (0 tokens)")

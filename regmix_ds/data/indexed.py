@@ -15,7 +15,13 @@ here train under Megatron and shards from its `preprocess_data.py` train here:
 
 We write one sequence per document (document indices 0, 1, ..., S); Megatron files made with
 `--split-sentences` have several sequences per document, and a document is then the
-concatenation of its sequences.
+concatenation of its sequences. Megatron's multimodal shards append an int8 mode per sequence
+after the document indices; they are refused by name.
+
+Two ways in: `IndexedDataset` maps a shard and checks its whole index (what a training run opens);
+`read_header` checks what the header and the two files' sizes promise with a few small reads, so
+registering a terabyte of existing shards costs milliseconds per prefix. `open_split` gives a
+manifest split's token stream, several prefixes read as one (`ConcatenatedTokens`).
 """
 from __future__ import annotations
 
@@ -24,12 +30,14 @@ import os
 import struct
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
 from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.manifest import Split
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -213,19 +221,7 @@ def _read_index(idx_path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.nd
         raise RegmixError(idx_path, f"cannot read ({err.strerror})") from None
     if raw is None:
         raise RegmixError(idx_path, f"truncated index: {size} bytes, header alone is {HEADER.size}")
-    magic, version, code, sequences, documents = HEADER.unpack(raw[: HEADER.size].tobytes())
-    if magic != MAGIC:
-        raise RegmixError(idx_path, f"not a Megatron index (magic {magic!r}, expected {MAGIC!r})")
-    if version != VERSION:
-        raise RegmixError(idx_path, f"unsupported index version {version} (expected {VERSION})")
-    if code not in DTYPE_CODES:
-        raise RegmixError(idx_path, f"unknown dtype code {code}")
-    expected = HEADER.size + 12 * sequences + 8 * documents
-    if raw.size != expected:
-        problem = "truncated" if raw.size < expected else "trailing bytes in"
-        raise RegmixError(idx_path, f"{problem} index: {raw.size} bytes, header promises {expected}")
-    if documents < 1:
-        raise RegmixError(idx_path, "document index is empty (expected at least the leading 0)")
+    dtype, sequences, _ = _check_header(idx_path, raw[: HEADER.size].tobytes(), raw.size)
     body = raw[HEADER.size :]
     lengths = body[: 4 * sequences].view(np.int32)
     pointers = body[4 * sequences : 12 * sequences].view(np.int64)
@@ -233,7 +229,28 @@ def _read_index(idx_path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.nd
     _check_document_indices(idx_path, document_indices, sequences)
     if lengths.size and int(lengths.min()) < 0:
         raise RegmixError(idx_path, "inconsistent index: negative sequence length")
-    return DTYPE_CODES[code], lengths, pointers, document_indices
+    return dtype, lengths, pointers, document_indices
+
+
+def _check_header(idx_path: Path, header: bytes, size: int) -> tuple[np.dtype, int, int]:
+    """(dtype, sequence count, document-index count) from a 34-byte header and the .idx size."""
+    magic, version, code, sequences, documents = HEADER.unpack(header)
+    if magic != MAGIC:
+        raise RegmixError(idx_path, f"not a Megatron index (magic {magic!r}, expected {MAGIC!r})")
+    if version != VERSION:
+        raise RegmixError(idx_path, f"unsupported index version {version} (expected {VERSION})")
+    if code not in DTYPE_CODES:
+        raise RegmixError(idx_path, f"unknown dtype code {code}")
+    expected = HEADER.size + 12 * sequences + 8 * documents
+    if size == expected + sequences and sequences:
+        raise RegmixError(idx_path, f"a Megatron multimodal index ({sequences} mode bytes, one per sequence, "
+                                    "after the document indices): multimodal shards are not supported, only text")
+    if size != expected:
+        problem = "truncated" if size < expected else "trailing bytes in"
+        raise RegmixError(idx_path, f"{problem} index: {size} bytes, header promises {expected}")
+    if documents < 1:
+        raise RegmixError(idx_path, "document index is empty (expected at least the leading 0)")
+    return DTYPE_CODES[code], sequences, documents
 
 
 def _check_document_indices(idx_path: Path, document_indices: np.ndarray, sequences: int) -> None:
@@ -269,3 +286,163 @@ def _map_tokens(bin_path: Path, dtype: np.dtype) -> np.ndarray:
     if bin_path.stat().st_size == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(bin_path, dtype=dtype, mode="r")
+
+
+# ---- shards read without their whole index: registration, and splits of several prefixes ---------
+
+
+@dataclass(frozen=True)
+class ShardHeader:
+    """What a shard's .idx header and its two files' sizes say, checked with a few small reads."""
+
+    prefix: Path
+    dtype: np.dtype
+    sequences: int
+    documents: int
+    tokens: int
+
+    @property
+    def bin_path(self) -> Path:
+        return paths_of(self.prefix)[0]
+
+    @property
+    def idx_path(self) -> Path:
+        return paths_of(self.prefix)[1]
+
+    def document_starts(self, first: int, stop: int) -> np.ndarray:
+        """Token offsets where documents first..stop begin (`stop` == documents: the end of the .bin),
+        from index entries first..stop only: O(stop - first) reads however large the shard."""
+        if not 0 <= first <= stop <= self.documents:
+            raise IndexError(f"documents {first}..{stop} outside 0..{self.documents} of {self.idx_path}")
+        s = self.sequences
+        sequence = _read_at(self.idx_path, HEADER.size + 12 * s + 8 * first, stop + 1 - first, np.int64)
+        if np.any(sequence < 0) or np.any(sequence > s) or np.any(np.diff(sequence) < 0):
+            raise RegmixError(self.idx_path, "inconsistent index: document indices out of order or range")
+        inside = sequence[sequence < s]
+        starts = np.full(sequence.size, self.tokens, dtype=np.int64)
+        if inside.size:  # the pointers of a contiguous run of sequences, one read
+            low, high = int(inside[0]), int(inside[-1])
+            pointers = _read_at(self.idx_path, HEADER.size + 4 * s + 8 * low, high + 1 - low, np.int64)
+            starts[sequence < s] = pointers[inside - low] // self.dtype.itemsize
+        return starts
+
+    def tokens_at(self, start: int, stop: int) -> np.ndarray:
+        """Tokens [start, stop) of the .bin, read with one pread (a memory map's page faults read ahead
+        megabytes, which across many small samples of many files costs far more)."""
+        return _read_at(self.bin_path, start * self.dtype.itemsize, stop - start, self.dtype)
+
+
+def _read_at(path: Path, offset: int, count: int, dtype: np.dtype | type) -> np.ndarray:
+    """`count` items of `dtype` at byte `offset` of `path`; a short read is a RegmixError naming it."""
+    size = count * np.dtype(dtype).itemsize
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            data = os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+    except OSError as err:
+        raise RegmixError(path, f"cannot read ({err.strerror})") from None
+    if len(data) != size:
+        raise RegmixError(path, f"truncated: {size} bytes wanted at offset {offset}, {len(data)} there")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def read_header(prefix: str | os.PathLike) -> ShardHeader:
+    """Open a shard's header and sizes: magic, version, dtype, that the .idx is exactly as long as its
+    header promises, and that the .bin ends where the last sequence's pointer and length say.
+    A few dozen bytes read, whatever the shard's size (a training run checks the rest when it opens it)."""
+    bin_path, idx_path = paths_of(prefix)
+    try:
+        size = idx_path.stat().st_size
+        with open(idx_path, "rb") as handle:
+            header = handle.read(HEADER.size)
+    except FileNotFoundError:
+        raise RegmixError(idx_path, "index file not found") from None
+    except OSError as err:
+        raise RegmixError(idx_path, f"cannot read ({err.strerror})") from None
+    if len(header) < HEADER.size:
+        raise RegmixError(idx_path, f"truncated index: {size} bytes, header alone is {HEADER.size}")
+    dtype, sequences, documents = _check_header(idx_path, header, size)
+    try:
+        bin_bytes = bin_path.stat().st_size
+    except FileNotFoundError:
+        raise RegmixError(bin_path, "data file not found (its .idx exists)") from None
+    base = HEADER.size + 12 * sequences
+    first, last = (int(_read_at(idx_path, base + 8 * i, 1, np.int64)[0]) for i in (0, documents - 1))
+    if first != 0 or last != sequences:
+        raise RegmixError(idx_path, f"inconsistent index: document indices run {first}..{last}, "
+                                    f"expected 0..{sequences}")
+    expected = 0
+    if sequences:
+        last_length = int(_read_at(idx_path, HEADER.size + 4 * (sequences - 1), 1, np.int32)[0])
+        last_pointer = int(_read_at(idx_path, HEADER.size + 4 * sequences + 8 * (sequences - 1), 1, np.int64)[0])
+        expected = last_pointer + last_length * dtype.itemsize
+    if bin_bytes != expected:
+        problem = "truncated" if bin_bytes < expected else "longer than its index says"
+        raise RegmixError(bin_path, f"{problem}: {bin_bytes} bytes, {idx_path.name} promises {expected}")
+    return ShardHeader(Path(prefix), dtype, sequences, documents - 1, bin_bytes // dtype.itemsize)
+
+
+class ConcatenatedTokens:
+    """Several token arrays read as one 1-D array: the stream of a split with several prefixes.
+
+    What the blended sampler needs of a stream: `len`, `dtype`, `ndim`, indexing by an integer
+    array of any shape (a sample may run across two prefixes), and `source_of(position)`, the
+    file a token came from, for error messages.
+    """
+
+    ndim = 1
+
+    def __init__(self, parts: Sequence[np.ndarray], sources: Sequence[str]):
+        self._parts, self._sources = list(parts), list(sources)
+        self._starts = np.zeros(len(self._parts) + 1, dtype=np.int64)
+        np.cumsum([len(part) for part in self._parts], out=self._starts[1:])
+        self.dtype = np.result_type(*(part.dtype for part in self._parts))
+        self.size = int(self._starts[-1])
+        self.shape = (self.size,)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= self.size):
+            raise IndexError(f"token positions must lie in [0, {self.size})")
+        part = np.searchsorted(self._starts, index, side="right") - 1
+        out = np.empty(index.shape, dtype=self.dtype)
+        for p in np.unique(part).tolist():
+            where = part == p
+            out[where] = self._parts[p][index[where] - self._starts[p]]
+        return out
+
+    def source_of(self, position: int) -> str:
+        """The file holding token `position` of the stream."""
+        return self._sources[int(np.searchsorted(self._starts, position, side="right")) - 1]
+
+
+def open_split(split: Split) -> np.ndarray | ConcatenatedTokens:
+    """A manifest split's tokens as one stream: each shard's first `tokens` tokens, in order.
+
+    Each prefix is opened whole (`IndexedDataset`: its index checked against its .bin) and must
+    still hold the documents the manifest counted; a shard replaced since `prepare` fails here.
+    """
+    parts = [_shard_tokens(shard.prefix, shard.tokens, shard.documents) for shard in split.shards]
+    if len(parts) == 1:
+        return parts[0]
+    return ConcatenatedTokens(parts, [str(paths_of(shard.prefix)[0]) for shard in split.shards])
+
+
+def split_files(split: Split) -> str:
+    """How an error names a split's data: its .bin, or the first of several."""
+    first = str(paths_of(split.shards[0].prefix)[0])
+    return first if len(split.shards) == 1 else f"{first} (+{len(split.shards) - 1} more prefixes)"
+
+
+def _shard_tokens(prefix: Path, tokens: int, documents: int) -> np.ndarray:
+    dataset = IndexedDataset(prefix)
+    if len(dataset) < documents or int(dataset._document_starts[documents]) != tokens:
+        raise RegmixError(dataset.idx_path, f"holds {len(dataset)} documents, {dataset.num_tokens} tokens, not the "
+                                            f"{documents} documents of {tokens} tokens the manifest counted "
+                                            "(changed since prepare?): run regmix-ds prepare again")
+    return dataset.tokens if tokens == dataset.num_tokens else dataset.tokens[:tokens]

@@ -1,5 +1,11 @@
 """`regmix-ds prepare`: raw text per domain -> Megatron token shards + `manifest.json`.
 
+A domain is raw text (`paths`) or existing Megatron shards (`prefixes`, registered in place from
+their index headers: `data/register.py`). Raw text is tokenized per domain (`data.shard_by:
+domain`, the default, described below) or per input file (`data.shard_by: file`: one task and one
+shard per file or chunk, `data/parts.py`; `run_task` runs one, as a Slurm array task does, and
+`merge` writes the manifest once every task is done; `prepare` runs every task in turn, then merges).
+
 Order of work, chosen so a bad input never leaves anything behind:
   1. resolve every domain's files and the tokenizer (missing, empty or unknown files fail here);
   2. load every domain that needs (re)building into a temporary `datasets` cache and check it
@@ -7,18 +13,21 @@ Order of work, chosen so a bad input never leaves anything behind:
   3. only then write: train the tokenizer if asked, tokenize with `datasets.map(batched,
      num_proc)`, write each domain's shards atomically, then its stamp, and the manifest last.
 
-A domain is skipped when its stamp (`data/<name>.prepared.json`) records the same inputs hash
+With `shard_by: domain`, a domain is skipped when its stamp (`data/<name>.prepared.json`) records the same inputs hash
 (input files' paths, sizes and mtimes, text field, split settings, tokenizer fingerprint) and
 its shards open cleanly. Shards are renamed into place whole; the stamp is written after them
 and the manifest after every stamp, and an old manifest is removed before any shard it
-describes is replaced, so a half-written domain never looks done.
+describes is replaced, so a half-written domain never looks done. Registered shards and
+finished parts are checked whole before anything is written, and their stamps work the same way.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -28,15 +37,20 @@ from typing import Any
 
 import numpy as np
 
+from regmix_ds.core import faults
 from regmix_ds.core.config import DomainSource, ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic
 from regmix_ds.core.layout import DataDir
-from regmix_ds.core.manifest import Manifest, Split
+from regmix_ds.core.manifest import Manifest, Shard, Split
 from regmix_ds.core.progress import bar as progress_bar
 from regmix_ds.core.settings import locate
+from regmix_ds.data import parts as part_tasks
+from regmix_ds.data import register
 from regmix_ds.data import tokenizer as tok
-from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab
+from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, read_header
+from regmix_ds.data.parts import Task
+from regmix_ds.data.register import Registration, ShardSource
 
 # `datasets` must never reach for the hub: set before it is first imported (lazily, below).
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -64,47 +78,79 @@ class Source:
     text_field: str
     config: str
     """The exp.yaml it was configured in."""
+    label: str = ""
+    """How errors name it when it is one task's input (a file, or a byte range of one)."""
 
     @property
     def where(self) -> str:
         """What an error about the whole source names: its file when it has one, else its config key."""
         section = "targets" if self.is_target else "domains"
+        if self.label:
+            return self.label
         return str(self.files[0]) if len(self.files) == 1 else locate(self.config, f"data.{section}.{self.name}")
 
 
 def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: bool = False) -> Manifest:
-    """Tokenize every configured domain and target set; return the written manifest."""
+    """Tokenize every configured raw-text domain and target set, register the existing shards, and
+    return the written manifest."""
     data = config.data
     data_dir = config.work.data
     sources = resolve_sources(config)
+    text = [s for s in sources if isinstance(s, Source)]
+    _refuse_training_beside_shards(sources, train_tokenizer)
     tokenizer_dir, tokenizer_key = config.resolve(data.tokenizer), locate(config.path, "data.tokenizer")
     if train_tokenizer:
         tok.check_can_train_into(tokenizer_dir, tokenizer_key)
-    corpus_hash = _corpus_hash(sources, config)
+    corpus_hash = _corpus_hash(text, config)
     must_train = train_tokenizer and (
         force or not tok.trained_tokenizer_is_current(tokenizer_dir, corpus_hash, data.vocab_size))
     tokenizer = None if must_train else tok.load_tokenizer(data.tokenizer, tokenizer_dir, tokenizer_key)
+    registered = [] if tokenizer is None else inspect_registered(sources, config, tokenizer)
     with tempfile.TemporaryDirectory(prefix="regmix-prepare-") as cache:
-        pending = [s for s in sources if must_train or force or not _is_current(s, data_dir, config, tokenizer)]
+        if data.shard_by == "file":
+            if must_train:
+                raw = {s.name: load_raw(s, Path(cache), None) for s in text}
+                tokenizer = _train_tokenizer(raw, text, config, corpus_hash)
+            for task in progress_bar(part_tasks.plan_tasks(config, text), desc="tokenize tasks", unit="task"):
+                run_task(task, config, tokenizer, Path(cache), force=force)
+            return _merged_or_fail(config, sources, tokenizer, force=force)
+        pending = [s for s in text if must_train or force or not _is_current(s, data_dir, config, tokenizer)]
         raw = {s.name: load_raw(s, Path(cache), None if s.is_target else data.valid_documents) for s in pending}
         if must_train:
-            texts = training_texts(raw, sources)
-            tok.train_tokenizer(texts, data.vocab_size, tokenizer_dir, corpus_hash)
-            tokenizer = tok.load_tokenizer(data.tokenizer, tokenizer_dir, tokenizer_key)
+            tokenizer = _train_tokenizer(raw, text, config, corpus_hash)
             pending = [s for s in pending if force or not _is_current(s, data_dir, config, tokenizer)]
-        if pending:
+        stale = [r for r in registered if force or not _registration_is_current(r, data_dir)]
+        if pending or stale:
             _remove_manifest(data_dir)
         for source in pending:
             build_source(source, raw[source.name], tokenizer, config, Path(cache))
+        for registration in stale:
+            write_registration(registration, data_dir)
     return save_manifest(sources, data_dir, config, tokenizer)
 
 
-def resolve_sources(config: ExperimentConfig) -> list[Source]:
-    """Every domain, then every target set, with its files checked to exist and be readable kinds."""
+def _train_tokenizer(raw: Mapping[str, Any], text: list[Source], config: ExperimentConfig, corpus_hash: str) -> Any:
+    data = config.data
+    tokenizer_dir = config.resolve(data.tokenizer)
+    tok.train_tokenizer(training_texts(raw, text), data.vocab_size, tokenizer_dir, corpus_hash)
+    return tok.load_tokenizer(data.tokenizer, tokenizer_dir, locate(config.path, "data.tokenizer"))
+
+
+def _refuse_training_beside_shards(sources: list[Source | ShardSource], train_tokenizer: bool) -> None:
+    shards = [s for s in sources if isinstance(s, ShardSource)]
+    if train_tokenizer and shards:
+        raise RegmixError(shards[0].where, "existing shards need the tokenizer they were made with: name it in "
+                                           "data.tokenizer and leave out --train-tokenizer")
+
+
+def resolve_sources(config: ExperimentConfig) -> list[Source | ShardSource]:
+    """Every domain, then every target set: raw text with its files checked to exist and be readable
+    kinds, or existing shards with their globs expanded."""
     data = config.data
     entries = [(name, spec, False) for name, spec in data.domains.items()]
     entries += [(name, spec, True) for name, spec in data.targets.items()]
-    return [_resolve_source(name, spec, is_target, config) for name, spec, is_target in entries]
+    return [register.resolve_shard_source(name, spec, is_target, config) if spec.prefixes
+            else _resolve_source(name, spec, is_target, config) for name, spec, is_target in entries]
 
 
 def _resolve_source(name: str, spec: DomainSource, is_target: bool, config: ExperimentConfig) -> Source:
@@ -137,8 +183,9 @@ def _builder_of(path: Path) -> str:
     return BUILDERS[suffix]
 
 
-def load_raw(source: Source, cache: Path, valid_documents: int | None) -> Any:
-    """The source as a `datasets.Dataset`, checked: text field present and textual, enough documents."""
+def load_raw(source: Source, cache: Path, valid_documents: int | None, allow_empty: bool = False) -> Any:
+    """The source as a `datasets.Dataset`, checked: text field present and textual, enough documents
+    (with `allow_empty`, as for one task's file or chunk, none is enough)."""
     dataset = _load_dataset(source, cache)
     if source.text_field not in dataset.column_names:
         fields = ", ".join(dataset.column_names) or "none"
@@ -147,7 +194,7 @@ def load_raw(source: Source, cache: Path, valid_documents: int | None) -> Any:
     if getattr(feature, "dtype", None) not in ("string", "large_string"):
         raise RegmixError(source.where, f"field {source.text_field!r} holds {feature}, not text")
     documents = _count_nonempty(dataset, source.text_field)
-    if documents == 0:
+    if documents == 0 and not allow_empty:
         raise RegmixError(source.where,
                           f"no text: all {len(dataset)} documents are empty" if len(dataset) else "no documents")
     if valid_documents is not None and documents <= valid_documents:
@@ -320,6 +367,7 @@ def write_split(tokens: Any, wanted: np.ndarray, prefix: Path, dtype: np.dtype, 
             lengths = np.diff(offsets)
             values = chunk.values.to_numpy()[offsets[0] : offsets[-1]]
             writer.add_documents(values[np.repeat(keep, lengths)], lengths[keep])
+            faults.reached("shard")
     return Split(prefix, writer.num_tokens, writer.num_documents)
 
 
@@ -336,10 +384,11 @@ def _is_current(source: Source, data_dir: DataDir, config: ExperimentConfig, tok
 
 def _split_matches(data_dir: DataDir, entry: Mapping[str, Any]) -> bool:
     try:
-        shard = IndexedDataset(data_dir.path / entry["prefix"])
-    except RegmixError:
+        shards = Split.from_json(entry, data_dir.path).shards
+        opened = [IndexedDataset(shard.prefix) for shard in shards]
+    except (RegmixError, KeyError, TypeError, ValueError):
         return False
-    return shard.num_tokens == entry["tokens"] and len(shard) == entry["documents"]
+    return all((d.num_tokens, len(d)) == (s.tokens, s.documents) for d, s in zip(opened, shards))
 
 
 def _file_stats(source: Source, base: Path) -> list[list]:
@@ -372,12 +421,13 @@ def _remove_manifest(data_dir: DataDir) -> None:
         os.unlink(data_dir.manifest)
 
 
-def save_manifest(sources: list[Source], data_dir: DataDir, config: ExperimentConfig, tokenizer: Any) -> Manifest:
+def save_manifest(sources: list[Source | ShardSource], data_dir: DataDir, config: ExperimentConfig,
+                  tokenizer: Any) -> Manifest:
     """Write manifest.json from the domains' stamps (train splits for domains, valid for all) and return it."""
     stamps = {s.name: read_json(data_dir.stamp(s.name)) for s in sources}
 
     def split(name: str, kind: str) -> Split:
-        return Split(data_dir.path / stamps[name]["splits"][kind]["prefix"], **_counts(stamps[name]["splits"][kind]))
+        return Split.from_json(stamps[name]["splits"][kind], data_dir.path)
 
     manifest = Manifest(
         path=data_dir.manifest,
@@ -391,5 +441,199 @@ def save_manifest(sources: list[Source], data_dir: DataDir, config: ExperimentCo
     return manifest
 
 
-def _counts(entry: Mapping[str, Any]) -> dict[str, int]:
-    return {"tokens": int(entry["tokens"]), "documents": int(entry["documents"])}
+# ---- existing shards --------------------------------------------------------------------------------
+
+
+def inspect_registered(sources: list[Source | ShardSource], config: ExperimentConfig,
+                       tokenizer: Any) -> list[Registration]:
+    """Every existing-shards source checked (headers, sampled token ids) and its splits decided; writes nothing."""
+    data = config.data
+    return [register.inspect_source(s, len(tokenizer), data.valid_documents, data.seed)
+            for s in sources if isinstance(s, ShardSource)]
+
+
+def write_registration(registration: Registration, data_dir: DataDir) -> None:
+    """Write a registered source's held-out validation shard (if any), then its stamp."""
+    name = registration.name
+    valid = registration.valid or register.write_holdout(registration, data_dir.prefix(name, "valid"))
+    splits = {"valid": valid} if registration.train is None else {"train": registration.train, "valid": valid}
+    write_json_atomic(data_dir.stamp(name), {
+        "format": STAMP_FORMAT,
+        "inputs_hash": registration.inputs_hash,
+        "splits": {kind: split.to_json(data_dir.path) for kind, split in splits.items()},
+    })
+
+
+def _registration_is_current(registration: Registration, data_dir: DataDir) -> bool:
+    """Its stamp records the same inputs and every shard it names still reads as recorded (O(1) each)."""
+    path = data_dir.stamp(registration.name)
+    if not path.exists():
+        return False
+    try:
+        stamp = read_json(path)
+        if stamp.get("format") != STAMP_FORMAT or stamp.get("inputs_hash") != registration.inputs_hash:
+            return False
+        splits = [Split.from_json(entry, data_dir.path) for entry in stamp["splits"].values()]
+    except (RegmixError, KeyError, TypeError, ValueError, AttributeError):
+        return False
+    return all(register.shard_matches(shard) for split in splits for shard in split.shards)
+
+
+# ---- one task per input file (data.shard_by: file) ---------------------------------------------------
+
+
+def plan(config: ExperimentConfig, *, train_tokenizer: bool = False, force: bool = False) -> list[Task]:
+    """The tokenize tasks of a `shard_by: file` config, in Slurm array order; trains the tokenizer
+    first when asked (every task needs it), and writes nothing else."""
+    _require_tasks(config, "--plan")
+    sources = resolve_sources(config)
+    text = [s for s in sources if isinstance(s, Source)]
+    _refuse_training_beside_shards(sources, train_tokenizer)
+    if train_tokenizer:
+        data = config.data
+        tokenizer_dir = config.resolve(data.tokenizer)
+        tok.check_can_train_into(tokenizer_dir, locate(config.path, "data.tokenizer"))
+        corpus_hash = _corpus_hash(text, config)
+        if force or not tok.trained_tokenizer_is_current(tokenizer_dir, corpus_hash, data.vocab_size):
+            with tempfile.TemporaryDirectory(prefix="regmix-prepare-") as cache:
+                raw = {s.name: load_raw(s, Path(cache), None) for s in text}
+                _train_tokenizer(raw, text, config, corpus_hash)
+    return part_tasks.plan_tasks(config, text)
+
+
+@dataclass(frozen=True)
+class TaskReport:
+    """What one array task did: its task, its part's shards by split, whether it wrote them now, and
+    the manifest when this task found every part done (None: others are still to finish)."""
+
+    task: Task
+    tasks: int
+    shards: dict[str, Shard]
+    wrote: bool
+    manifest: Manifest | None
+
+
+def run_array_task(config: ExperimentConfig, index: int) -> TaskReport:
+    """Slurm array task `index` (1-based): tokenize its file or chunk unless done, then merge if every
+    part is done (whichever task finishes last writes the manifest; later ones find it current)."""
+    _require_tasks(config, "--task")
+    sources = resolve_sources(config)
+    tasks = part_tasks.plan_tasks(config, [s for s in sources if isinstance(s, Source)])
+    task = part_tasks.pick_task(tasks, index)
+    spec = config.data.tokenizer
+    tokenizer = tok.load_tokenizer(spec, config.resolve(spec), locate(config.path, "data.tokenizer"))
+    with tempfile.TemporaryDirectory(prefix="regmix-prepare-") as cache:
+        shard, wrote = run_task(task, config, tokenizer, Path(cache))
+    return TaskReport(task, len(tasks), shard, wrote, merge(config, tokenizer, sources=sources))
+
+
+def _require_tasks(config: ExperimentConfig, flag: str) -> None:
+    if config.data.shard_by != "file":
+        raise RegmixError(flag, f"tokenize tasks need data.shard_by: file in {config.path} (it is "
+                                f"{config.data.shard_by!r}: one process per domain)")
+
+
+def run_task(task: Task, config: ExperimentConfig, tokenizer: Any, cache: Path, *,
+             force: bool = False) -> tuple[dict[str, Shard], bool]:
+    """Tokenize one task's file or chunk into its part's shards, then write the part's stamp. A part
+    whose stamp matches is left alone. Returns its shards by split and whether they were written now."""
+    data_dir = config.work.data
+    digest = part_tasks.task_hash(task, config.resolve("."), config.data.seed, tok.fingerprint(tokenizer))
+    done = None if force else part_tasks.part_is_done(task, data_dir, digest)
+    if done is not None:
+        return done, False
+    part_tasks.remove_partial_writes(data_dir.part_stamp(task.source.name, task.part))
+    scratch = cache / f"task-{task.index}"
+    part_tasks.clear(scratch)
+    try:
+        shards = _tokenize_part(task, config, tokenizer, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    write_json_atomic(data_dir.part_stamp(task.source.name, task.part), {
+        "format": part_tasks.PART_FORMAT, "input": task.label, "inputs_hash": digest,
+        "splits": {split: shard.to_json(data_dir.path) for split, shard in shards.items()},
+    })
+    return shards, True
+
+
+def _tokenize_part(task: Task, config: ExperimentConfig, tokenizer: Any, scratch: Path) -> dict[str, Shard]:
+    """A domain task's train shard and (when it holds any out) valid shard; a target task's valid shard."""
+    data_dir, name = config.work.data, task.source.name
+    dtype = dtype_for_vocab(len(tokenizer))
+    file = part_tasks.task_input(task, scratch)
+    tokens = None
+    if file is not None:  # None: no line starts inside this chunk
+        source = dataclasses.replace(task.source, files=(file,), label=task.label)
+        tokens = tokenize(load_raw(source, scratch, None, allow_empty=True), source, tokenizer,
+                          config.data.num_proc, scratch)
+    is_valid = part_tasks.valid_mask(task, 0 if tokens is None else len(tokens), config.data.seed)
+    wanted = {"valid": is_valid} if task.valid is None else {"train": ~is_valid, "valid": is_valid}
+    shards = {}
+    for split, mask in wanted.items():
+        if split == "valid" and task.valid is not None and not mask.any():
+            continue
+        prefix = data_dir.part(name, task.part, split)
+        part_tasks.remove_partial_writes(prefix)
+        if tokens is None:
+            with IndexedWriter(prefix, dtype):
+                pass
+            shards[split] = Shard(prefix, 0, 0)
+        else:
+            shards[split] = write_split(tokens, mask, prefix, dtype, f"write {name} {split} part {task.part}").shards[0]
+    return shards
+
+
+def merge(config: ExperimentConfig, tokenizer: Any, *, force: bool = False,
+          sources: list[Source | ShardSource] | None = None) -> Manifest | None:
+    """Once every part is done: each raw-text domain trains on its parts' train shards and validates on
+    their held-out documents (copied into one `<name>_valid` shard), a target set validates on its
+    parts, the existing shards are registered, and the stamps and the manifest are written. While a
+    part is missing: None, and nothing written."""
+    data_dir = config.work.data
+    sources = sources if sources is not None else resolve_sources(config)
+    text = [s for s in sources if isinstance(s, Source)]
+    tasks = part_tasks.plan_tasks(config, text)
+    if not part_tasks.stamps_present(tasks, data_dir):
+        return None
+    fingerprint, base = tok.fingerprint(tokenizer), config.resolve(".")
+    digests = {task.index: part_tasks.task_hash(task, base, config.data.seed, fingerprint) for task in tasks}
+    done = {task.index: part_tasks.part_is_done(task, data_dir, digests[task.index]) for task in tasks}
+    if any(shards is None for shards in done.values()):
+        return None
+    registrations = []
+    for source in text:
+        mine = part_tasks.parts_of(tasks, source.name)
+        digest = _hash([STAMP_FORMAT, "parts", [digests[task.index] for task in mine]])
+        registrations.append(_parts_registration(source, [done[task.index] for task in mine], digest, config))
+    registrations += inspect_registered(sources, config, tokenizer)
+    stale = [r for r in registrations if force or not _registration_is_current(r, data_dir)]
+    if stale:
+        _remove_manifest(data_dir)
+    for registration in stale:
+        write_registration(registration, data_dir)
+    return save_manifest(sources, data_dir, config, tokenizer)
+
+
+def _parts_registration(source: Source, parts: list[dict[str, Shard]], digest: str,
+                        config: ExperimentConfig) -> Registration:
+    train = [part["train"] for part in parts if "train" in part and part["train"].documents]
+    valid = [part["valid"] for part in parts if "valid" in part and part["valid"].documents]
+    if not valid and not train:
+        raise RegmixError(source.where, "no text: every document is empty")
+    if source.is_target:
+        return Registration(source.name, None, Split.of(valid), (), digest)
+    if not train or not valid:
+        documents = sum(shard.documents for shard in train + valid)
+        problem = "leave none for training after" if not train else "gave no validation document for"
+        raise RegmixError(source.where, f"{documents} non-empty documents {problem} "
+                                        f"data.valid_documents={config.data.valid_documents}")
+    holdout = tuple(register.Holdout(read_header(shard.prefix), 0) for shard in valid)
+    return Registration(source.name, Split.of(train), None, holdout, digest)
+
+
+def _merged_or_fail(config: ExperimentConfig, sources: list[Source | ShardSource], tokenizer: Any, *,
+                    force: bool) -> Manifest:
+    manifest = merge(config, tokenizer, force=force, sources=sources)
+    if manifest is None:
+        raise RegmixError(config.path, "an input file changed while prepare ran; run it again")
+    return manifest

@@ -84,8 +84,9 @@ def train_members(experiment: ExperimentConfig, indices: list[int], tier: Tier =
         return 0
     from regmix_ds.train import group
 
-    save_model = experiment.require_proxy().save_model
-    return training_alone([RunDir(Path(c.out)) for c in todo], lambda: group.train_group(todo, save_model))
+    proxy = experiment.require_proxy()
+    return training_alone([RunDir(Path(c.out)) for c in todo],
+                          lambda: group.train_group(todo, proxy.save_model, proxy.compile))
 
 
 def training_alone(runs: list[RunDir], train: Callable[[], int]) -> int:

@@ -1,34 +1,40 @@
-"""Fit: a regression from mixture weights to a target loss, judged by cross-validation on the proxy runs.
+"""Fit: a surrogate from mixture weights to a target loss, chosen and judged by cross-validation on the proxy runs.
 
-Two regressors:
+The surrogates (`regress.surrogates`: one interface) are `linear`, `lightgbm` (RegMix's, the
+default), `loglinear` (the data-mixing law), `gp` (a Gaussian process) and `bagged` (averaged
+LightGBM models). Every one is judged by k-fold cross-validation inside the training runs: each
+run's out-of-fold prediction against its measured target (Spearman, Pearson, RMSE). With
+`regressor: auto` every surrogate is cross-validated on the same folds and the one with the
+highest Spearman (RegMix ranks candidates, so the ranking is what matters) is kept; the others
+are saved too, to simulate or report on. Evaluation runs (`--eval-*`), when given, are only
+reported, for every surrogate tried: never used to choose.
 
-* `lightgbm`: RegMix's settings (at most 1000 trees, learning rate 0.01, other settings
-  LightGBM's defaults) plus row subsampling (`subsample` 0.8, LightGBM bagging). The tree
-  count is chosen by k-fold cross-validation inside the training runs (early stopping on the
-  mean fold loss), never on evaluation data, and the final model is refit on all runs with
-  that count. On RegMix's 512 runs, subsampling raised the cross-validated Spearman from 0.983
-  to 0.986 (mean over 5 fold seeds; chosen on the training runs only); `subsample: 1.0` is
-  RegMix's exact setting.
-* `linear`: ordinary least squares with an intercept.
+On RegMix's 512 runs, LightGBM's row subsampling raised the cross-validated Spearman from 0.983
+to 0.986 (mean over 5 fold seeds; chosen on the training runs only); `subsample: 1.0` is RegMix's
+exact setting.
 
 A fit writes into its output directory:
 
 * `model.json`: the sidecar: regressor, domain order, target, tree count, training support
-  (each domain's largest weight), settings, input paths and hashes, and the linear
-  coefficients or the sha256 of `model.txt`;
+  (each domain's largest weight), settings, input paths and hashes, and the surrogate's
+  parameters (linear coefficients, the law's floor and slopes, the GP's inputs, alpha and
+  hyperparameters) or the sha256 of `model.txt`;
 * `model.txt`: the LightGBM booster in LightGBM's own text format (no pickle anywhere);
-* `fit_report.json`: cross-validated Spearman, Pearson and RMSE (and the held-out ones);
-* `cv_predictions.csv`: each run's out-of-fold prediction next to its measured target.
+* `fit_report.json`: cross-validated Spearman, Pearson and RMSE of the kept surrogate and of
+  every one tried (and the held-out ones);
+* `cv_predictions.csv`: each run's out-of-fold prediction next to its measured target (with
+  `auto`, a `predicted:<surrogate>` column for every surrogate tried);
+* `candidates/<surrogate>/` (with `auto`) and `losses/<loss>/` (with `all_losses`): fit
+  directories of their own, the same files but the report.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import hashlib
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,110 +48,19 @@ from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import atomic_output, file_hash, read_json, write_json_atomic, write_text_atomic
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.settings import Invalid, load_section
+from regmix_ds.regress.gp import GaussianProcess
+from regmix_ds.regress.surrogates import FAMILY, Candidate, Folds, LinearModel, LogLinearModel, Surrogate, out_of_fold
 from regmix_ds.regress.tables import RunTable, Target, WeightTable, read_regmix_tables, read_results, read_weights
-from regmix_ds.regress.treescore import LeafBoxes, TopK, full_lowest_k, lowest_k
+from regmix_ds.regress.trees import BaggedTrees, TreeModel, cross_validated_trees
 
 FORMAT = "regmix-ds/fit-1"
+"""Readers of this format accept every surrogate; a file written before `loglinear`, `gp` and `bagged` existed
+is still one of its files."""
+JSON_SURROGATES = {"linear": LinearModel, "loglinear": LogLinearModel, "gp": GaussianProcess}
+"""Surrogates saved entirely in model.json, under their own name."""
 
 
-def lightgbm_params(settings: FitConfig) -> dict[str, Any]:
-    """LightGBM parameters: RegMix's (defaults but trees and learning rate), made deterministic."""
-    params = {
-        "objective": "regression",
-        "metric": "l2",
-        "learning_rate": settings.learning_rate,
-        "min_data_in_leaf": settings.min_data_in_leaf,
-        "seed": settings.seed,
-        "deterministic": True,
-        "force_row_wise": True,
-        "num_threads": settings.threads,
-        "verbose": -1,
-    }
-    if settings.subsample < 1:
-        params.update(bagging_fraction=settings.subsample, bagging_freq=1)
-    return params
-
-
-class LinearModel:
-    """`intercept + weights @ coefficients`, fitted by least squares."""
-
-    regressor = "linear"
-
-    def __init__(self, intercept: float, coefficients: np.ndarray):
-        self.intercept = float(intercept)
-        self.coefficients = np.asarray(coefficients, dtype=np.float64)
-
-    @classmethod
-    def fit(cls, weights: np.ndarray, target: np.ndarray) -> LinearModel:
-        """Least squares of `target` on `[1, weights]`: the intercept, then one coefficient per domain."""
-        design = np.column_stack([np.ones(len(weights)), weights])
-        solution = np.linalg.lstsq(design, target, rcond=None)[0]
-        return cls(solution[0], solution[1:])
-
-    def predict(self, weights: np.ndarray) -> np.ndarray:
-        """The predicted target of each row of `weights`."""
-        return self.intercept + np.asarray(weights, dtype=np.float64) @ self.coefficients
-
-    def lowest_k(self, weights: np.ndarray, k: int, progress: bool = False) -> TopK:
-        """The k lowest-predicted rows, best first, from scoring every row (`progress` only matches TreeModel)."""
-        scores = self.predict(weights)
-        best = full_lowest_k(scores, k)
-        return TopK(best, scores[best], 1.0)
-
-
-class TreeModel:
-    """A LightGBM booster; `lowest_k` finds the best rows without scoring every tree of every row."""
-
-    regressor = "lightgbm"
-
-    def __init__(self, booster: lgb.Booster):
-        self.booster = booster
-
-    @classmethod
-    def fit(cls, weights: np.ndarray, target: np.ndarray, settings: FitConfig, trees: int) -> TreeModel:
-        """A booster trained with `lightgbm_params(settings)` for exactly `trees` rounds."""
-        data = lgb.Dataset(weights, target, params={"verbose": -1})
-        return cls(lgb.train(lightgbm_params(settings), data, num_boost_round=trees))
-
-    @property
-    def trees(self) -> int:
-        return self.booster.num_trees()
-
-    def predict(self, weights: np.ndarray) -> np.ndarray:
-        """The booster's prediction for each row of `weights`, with all its trees."""
-        return self.booster.predict(np.asarray(weights, dtype=np.float64), num_iteration=self.trees)
-
-    @functools.cached_property
-    def boxes(self) -> LeafBoxes | None:
-        """The trees' leaf boxes for `lowest_k` (built on first use: about a second for 1000 trees)."""
-        return LeafBoxes.from_booster(self.booster)
-
-    def lowest_k(self, weights: np.ndarray, k: int, progress: bool = False) -> TopK:
-        """The k lowest-predicted rows, best first, ranked as full prediction ranks them but pruned by `boxes`."""
-        return lowest_k(self.booster, weights, k, boxes=self.boxes, progress=progress)
-
-
-Regressor = LinearModel | TreeModel
-
-
-def fit_regressor(weights: np.ndarray, target: np.ndarray, settings: FitConfig, trees: int | None) -> Regressor:
-    """One model on all the given rows (trees: the count cross-validation chose)."""
-    if settings.regressor == "linear":
-        return LinearModel.fit(weights, target)
-    return TreeModel.fit(weights, target, settings, trees or settings.trees)
-
-
-@dataclass(frozen=True)
-class CrossValidation:
-    """What k-fold cross-validation gives: the tree count to keep and every run's out-of-fold prediction."""
-
-    trees: int | None
-    """The tree count picked inside the folds (None for the linear model)."""
-    predictions: np.ndarray
-    """Each run's prediction by the model of the fold that held it out."""
-
-
-def fold_indices(runs: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def fold_indices(runs: int, folds: int, seed: int) -> Folds:
     """Seeded k-fold split: (training positions, held-out positions) per fold."""
     if runs < folds:
         raise Invalid(FitConfig, "folds", f"{runs} runs but {folds} folds: need at least one run per fold")
@@ -154,26 +69,27 @@ def fold_indices(runs: int, folds: int, seed: int) -> list[tuple[np.ndarray, np.
     return [(np.setdiff1d(np.arange(runs), part), part) for part in held_out]
 
 
-def cross_validate(weights: np.ndarray, target: np.ndarray, settings: FitConfig) -> CrossValidation:
-    """Out-of-fold predictions for every run; for LightGBM also the tree count to keep."""
-    folds = fold_indices(len(target), settings.folds, settings.seed)
-    predictions = np.empty(len(target))
-    if settings.regressor == "linear":
-        for train, test in folds:
-            predictions[test] = LinearModel.fit(weights[train], target[train]).predict(weights[test])
-        return CrossValidation(None, predictions)
-    result = lgb.cv(
-        lightgbm_params(settings),
-        lgb.Dataset(weights, target, params={"verbose": -1}),
-        num_boost_round=settings.trees,
-        folds=folds,
-        callbacks=[lgb.early_stopping(settings.early_stopping, verbose=False)],
-        return_cvbooster=True,
-    )
-    trees = len(result["valid l2-mean"])
-    for booster, (_, test) in zip(result["cvbooster"].boosters, folds):
-        predictions[test] = booster.predict(weights[test], num_iteration=trees)
-    return CrossValidation(trees, predictions)
+def cross_validated(regressor: str, weights: np.ndarray, target: np.ndarray, settings: FitConfig,
+                    folds: Folds) -> Candidate:
+    """Surrogate `regressor` cross-validated on `folds`, then refit on every run.
+
+    A surrogate's own hyperparameters (the GP's kernel, the law's floor) are fitted again inside
+    each fold, so no held-out run shapes its own prediction; the trees' count is chosen on the folds.
+    """
+    if regressor in ("lightgbm", "bagged"):
+        return cross_validated_trees(regressor, weights, target, settings, folds)
+    fit_one = JSON_SURROGATES[regressor].fit
+    return Candidate(regressor, fit_one(weights, target), out_of_fold(fit_one, weights, target, folds))
+
+
+def tried_regressors(settings: FitConfig) -> tuple[str, ...]:
+    """The surrogates a fit cross-validates: all of them for `auto`, else the one asked for."""
+    return FAMILY if settings.regressor == "auto" else (settings.regressor,)
+
+
+def best_by_spearman(candidates: Sequence[Candidate], measured: np.ndarray) -> Candidate:
+    """The candidate whose out-of-fold predictions rank the runs best (the first one on a tie)."""
+    return max(candidates, key=lambda c: quality(measured, c.predictions)["spearman"] or -math.inf)
 
 
 def quality(measured: np.ndarray, predicted: np.ndarray) -> dict[str, float | None]:
@@ -201,9 +117,9 @@ def format_quality(metrics: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class FittedModel:
-    """A fitted regression plus what is needed to use it again: domains, target, support, inputs."""
+    """A fitted surrogate plus what is needed to use it again: domains, target, support, inputs."""
 
-    model: Regressor
+    model: Surrogate
     domains: tuple[str, ...]
     target: Target
     settings: FitConfig
@@ -212,6 +128,10 @@ class FittedModel:
     inputs: Mapping[str, Mapping[str, str]]
     runs: int
     path: str = field(default="", compare=False)
+    losses: tuple[str, ...] = ()
+    """The losses with a model of their own in `losses/<loss>/` (fit.all_losses)."""
+    candidates: tuple[str, ...] = ()
+    """The surrogates `auto` tried, each kept in `candidates/<surrogate>/`."""
 
     @property
     def trees(self) -> int | None:
@@ -235,8 +155,15 @@ class FittedModel:
         table = self.training_table()
         return table.mixtures.aligned(self.domains), self.target.values(table, self.path)
 
+    def loss_model(self, name: str) -> FittedModel:
+        """The saved model of loss `name` (one of `losses`), which must come from the same runs."""
+        loss = FittedModel.load(FitDir(Path(self.path)).loss(name).path)
+        if loss.inputs != self.inputs or loss.domains != self.domains:
+            raise RegmixError(loss.path, f"not fitted on the runs of {self.path}; fit again")
+        return loss
+
     def sidecar(self, booster_text: str | None, files: FitDir) -> dict[str, Any]:
-        """The content of model.json (`booster_text`: model.txt's text, None for the linear model)."""
+        """The content of model.json (`booster_text`: model.txt's text, None for a JSON-only surrogate)."""
         data: dict[str, Any] = {
             "format": FORMAT,
             "regressor": self.model.regressor,
@@ -248,17 +175,20 @@ class FittedModel:
             "settings": dataclasses.asdict(self.settings),
             "inputs": {role: dict(entry) for role, entry in self.inputs.items()},
         }
-        if isinstance(self.model, LinearModel):
-            data["linear"] = {
-                "intercept": self.model.intercept,
-                "coefficients": dict(zip(self.domains, self.model.coefficients.tolist())),
-            }
-        else:
-            data["booster"] = {"file": files.booster.name, "sha256": hashlib.sha256(booster_text.encode()).hexdigest()}
+        if self.losses:
+            data["losses"] = list(self.losses)
+        if self.candidates:
+            data["candidates"] = list(self.candidates)
+        if booster_text is None:
+            data[self.model.regressor] = self.model.to_json(self.domains)
+            return data
+        data["booster"] = {"file": files.booster.name, "sha256": hashlib.sha256(booster_text.encode()).hexdigest()}
+        if isinstance(self.model, BaggedTrees):
+            data["bagged"] = {"members": self.settings.members, "member_trees": self.model.member_trees}
         return data
 
     def save(self, out_dir: str | Path) -> None:
-        """Writes model.txt (LightGBM) then model.json, whose hash ties the two together."""
+        """Writes model.txt (trees) then model.json, whose hash ties the two together."""
         files = FitDir(Path(out_dir))
         booster_text = self.model.booster.model_to_string() if isinstance(self.model, TreeModel) else None
         if booster_text is not None:
@@ -281,10 +211,12 @@ class FittedModel:
             support = {str(k): float(v) for k, v in data["support_max"].items()}
             inputs = {str(r): {"path": str(e["path"]), "sha256": str(e["sha256"])} for r, e in data["inputs"].items()}
             runs = int(data["runs"])
-            model = _load_regressor(data, domains, Path(model_dir))
+            model = _load_regressor(data, domains, settings, Path(model_dir))
+            losses = tuple(str(name) for name in data.get("losses", ()))
+            candidates = tuple(str(name) for name in data.get("candidates", ()))
         except (KeyError, TypeError, ValueError, AttributeError) as err:
             raise RegmixError(path, f"malformed model file ({type(err).__name__}: {err})") from None
-        return cls(model, domains, target, settings, support, inputs, runs, str(model_dir))
+        return cls(model, domains, target, settings, support, inputs, runs, str(model_dir), losses, candidates)
 
 
 def _saved_settings(data: Any, path: Path) -> FitConfig:
@@ -294,16 +226,20 @@ def _saved_settings(data: Any, path: Path) -> FitConfig:
         raise RegmixError(path, f"malformed settings ({err})") from None
 
 
-def _load_regressor(data: Mapping[str, Any], domains: tuple[str, ...], model_dir: Path) -> Regressor:
-    if data["regressor"] == "linear":
-        linear = data["linear"]
-        coefficients = np.array([float(linear["coefficients"][d]) for d in domains])
-        intercept = float(linear["intercept"])
-        if not (np.isfinite(coefficients).all() and math.isfinite(intercept)):
-            raise ValueError("non-finite coefficient")
-        return LinearModel(intercept, coefficients)
-    if data["regressor"] != "lightgbm":
-        raise ValueError(f"unknown regressor {data['regressor']!r}")
+def _load_regressor(data: Mapping[str, Any], domains: tuple[str, ...], settings: FitConfig,
+                    model_dir: Path) -> Surrogate:
+    regressor = data["regressor"]
+    if regressor in JSON_SURROGATES:
+        return JSON_SURROGATES[regressor].from_json(data[regressor], domains)
+    if regressor not in ("lightgbm", "bagged"):
+        raise ValueError(f"unknown regressor {regressor!r}")
+    booster = _load_booster(data, domains, model_dir)
+    if regressor == "bagged":
+        return BaggedTrees(booster, settings, int(data["bagged"]["member_trees"]))
+    return TreeModel(booster, settings)
+
+
+def _load_booster(data: Mapping[str, Any], domains: tuple[str, ...], model_dir: Path) -> lgb.Booster:
     booster_path = model_dir / str(data["booster"]["file"])
     try:
         text = booster_path.read_text(encoding="utf-8")
@@ -318,7 +254,17 @@ def _load_regressor(data: Mapping[str, Any], domains: tuple[str, ...], model_dir
         raise RegmixError(booster_path, f"not a LightGBM model ({str(err).splitlines()[0]})") from None
     if booster.num_feature() != len(domains) or booster.num_trees() != int(data["trees"]):
         raise RegmixError(booster_path, f"does not match {FitDir(model_dir).sidecar.name} (features or tree count)")
-    return TreeModel(booster)
+    return booster
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Everything a fit computed, before anything is written."""
+
+    chosen: Candidate
+    tried: list[Candidate]
+    losses: dict[str, Candidate]
+    measured: np.ndarray
 
 
 def fit(
@@ -330,35 +276,82 @@ def fit(
     """
     target = target.resolved(table)
     measured = target.values(table)
-    weights = table.weights
     held_out = _evaluation_data(evaluation, target, table.domains) if evaluation is not None else None
-    validation = cross_validate(weights, measured, settings)
-    model = fit_regressor(weights, measured, settings, validation.trees)
-    support = dict(zip(table.domains, weights.max(axis=0).tolist()))
-    fitted = FittedModel(model, table.domains, target, settings, support, table.inputs, len(measured), str(out_dir))
+    folds = fold_indices(len(measured), settings.folds, settings.seed)
+    tried = [cross_validated(name, table.weights, measured, settings, folds) for name in tried_regressors(settings)]
+    chosen = best_by_spearman(tried, measured)
+    losses = {}
+    if settings.all_losses:
+        losses = {name: cross_validated(chosen.regressor, table.weights, loss_values(table, name), settings, folds)
+                  for name in table.losses}
+    result = FitResult(chosen, tried, losses, measured)
+    report = fit_report(result, table, target, settings, held_out)
+    _write(result, table, target, settings, FitDir(Path(out_dir)))
+    write_json_atomic(FitDir(Path(out_dir)).report, report)
+    return report
+
+
+def fit_report(result: FitResult, table: RunTable, target: Target, settings: FitConfig,
+               held_out: tuple | None) -> dict[str, Any]:
+    """The content of fit_report.json."""
+    measured, chosen = result.measured, result.chosen
     report = {
         "target": target.label,
         "target_terms": target.to_json(),
-        "regressor": settings.regressor,
+        "regressor": chosen.regressor,
         "runs": len(measured),
         "domains": list(table.domains),
-        "trees": validation.trees,
+        "trees": chosen.trees,
         "cross_validation": {"folds": settings.folds,
-                             "metrics": {target.label: quality(measured, validation.predictions)}},
+                             "metrics": {target.label: quality(measured, chosen.predictions)}},
+        "selection": {
+            "requested": settings.regressor,
+            "by": "cross-validated Spearman",
+            "candidates": {c.regressor: {"metrics": quality(measured, c.predictions), "trees": c.trees}
+                           for c in result.tried},
+        },
         "settings": dataclasses.asdict(settings),
         "inputs": {role: dict(entry) for role, entry in table.inputs.items()},
     }
+    if result.losses:
+        report["losses"] = {name: {"metrics": quality(loss_values(table, name), loss.predictions)}
+                            for name, loss in result.losses.items()}
     if held_out is not None:
         eval_weights, eval_measured, eval_inputs = held_out
         report["evaluation"] = {
-            "metrics": {target.label: quality(eval_measured, model.predict(eval_weights))},
+            "metrics": {target.label: quality(eval_measured, chosen.model.predict(eval_weights))},
+            "candidates": {c.regressor: quality(eval_measured, c.model.predict(eval_weights)) for c in result.tried},
             "inputs": eval_inputs,
         }
-    files = FitDir(Path(out_dir))
-    _write_cv_predictions(files.cv_predictions, table.index, measured, validation.predictions)
-    fitted.save(files.path)
-    write_json_atomic(files.report, report)
     return report
+
+
+def loss_values(table: RunTable, name: str) -> np.ndarray:
+    """The measured loss `name` of every run."""
+    return Target(((name, 1.0),)).values(table)
+
+
+def _write(result: FitResult, table: RunTable, target: Target, settings: FitConfig, files: FitDir) -> None:
+    """Candidates and loss models first, the main model last: model.json only names what exists."""
+    support = dict(zip(table.domains, table.weights.max(axis=0).tolist()))
+
+    def save(candidate: Candidate, what: Target, place: FitDir, own: FitConfig | None = None, **listed) -> None:
+        own = own or dataclasses.replace(settings, regressor=candidate.regressor, target=what.label)
+        FittedModel(candidate.model, table.domains, what, own, support, table.inputs, len(table.index),
+                    str(place.path), **listed).save(place.path)
+
+    candidates = result.tried if len(result.tried) > 1 else []
+    for candidate in candidates:
+        place = files.candidate(candidate.regressor)
+        _write_cv_predictions(place.cv_predictions, table.index, result.measured, {"predicted": candidate.predictions})
+        save(candidate, target, place)
+    for name, loss in result.losses.items():
+        save(loss, Target(((name, 1.0),)), files.loss(name))
+    columns = {"predicted": result.chosen.predictions}
+    columns.update({f"predicted:{c.regressor}": c.predictions for c in candidates})
+    _write_cv_predictions(files.cv_predictions, table.index, result.measured, columns)
+    save(result.chosen, target, files, settings, losses=tuple(result.losses),
+         candidates=tuple(c.regressor for c in candidates))
 
 
 def _evaluation_data(evaluation: RunTable, target: Target, domains: tuple[str, ...]):
@@ -369,22 +362,27 @@ def _evaluation_data(evaluation: RunTable, target: Target, domains: tuple[str, .
     )
 
 
-def _write_cv_predictions(path: Path, index, measured: np.ndarray, predicted: np.ndarray) -> None:
+def _write_cv_predictions(path: Path, index, measured: np.ndarray, predicted: Mapping[str, np.ndarray]) -> None:
     with atomic_output(path) as handle:
         writer = csv.writer(handle)
-        writer.writerow(["index", "measured", "predicted"])
-        for row, m, p in zip(index, measured, predicted):
-            writer.writerow([row, repr(float(m)), repr(float(p))])
+        writer.writerow(["index", "measured", *predicted])
+        for row, position in zip(index, range(len(measured))):
+            writer.writerow([row, repr(float(measured[position])),
+                             *(repr(float(column[position])) for column in predicted.values())])
 
 
-def read_cv_predictions(model_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """(measured, out-of-fold predicted) as `fit` wrote them."""
+def read_cv_predictions(model_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(measured, {surrogate: out-of-fold predicted}) as `fit` wrote them; the kept surrogate is `predicted`."""
     path = FitDir(Path(model_dir)).cv_predictions
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            columns = [c for c in reader.fieldnames or () if c.startswith("predicted")]
+        if "predicted" not in columns:
+            raise KeyError("predicted")
         measured = np.array([float(r["measured"]) for r in rows])
-        predicted = np.array([float(r["predicted"]) for r in rows])
+        predicted = {c: np.array([float(r[c]) for r in rows]) for c in columns}
     except FileNotFoundError:
         raise RegmixError(path, "file not found (written by regmix-ds fit)") from None
     except (OSError, KeyError, TypeError, ValueError, csv.Error) as err:

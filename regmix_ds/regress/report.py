@@ -1,15 +1,17 @@
-"""Report: PNG plots of a fit and of the mixture simulation chose.
+"""Report: PNG plots of a fit and of the mixtures simulate chose.
 
 * `predicted_vs_measured.png`: each proxy run's cross-validated (out-of-fold) prediction
-  against its measured target, with Spearman, Pearson and RMSE;
-* `weights.png` (with a best.json): the chosen weight of every domain with its bootstrap
-  interval, next to the prior;
+  against its measured target, with Spearman, Pearson and RMSE; after `fit --regressor auto`
+  one panel per surrogate tried, side by side, the kept one marked;
+* `weights.png` (with one or more best.json): the chosen weight of every domain with its
+  bootstrap interval, next to the prior; several best.json (say one per surrogate) side by side;
 * `domain_vs_target.png`: each domain's weight against the target across the proxy runs.
 """
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,43 +33,69 @@ def _save(figure: Figure, path: Path) -> Path:
     return path
 
 
-def predicted_vs_measured(measured: np.ndarray, predicted: np.ndarray, label: str):
-    """Scatter of out-of-fold predictions against measurements, with the diagonal."""
-    scores = quality(measured, predicted)
-    figure = Figure(figsize=(5.5, 5))
-    axes = figure.subplots()
-    axes.scatter(measured, predicted, s=10, alpha=0.6)
-    low, high = float(min(measured.min(), predicted.min())), float(max(measured.max(), predicted.max()))
-    axes.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--")
-    axes.set_xlabel(f"measured {label}")
-    axes.set_ylabel(f"predicted {label} (cross-validated)")
-    axes.set_title(format_quality(scores), fontsize=10)
+def surrogate_panels(columns: Mapping[str, np.ndarray], kept: str) -> dict[str, np.ndarray]:
+    """Panel title -> out-of-fold predictions: one per surrogate tried, else the kept one alone."""
+    tried = {name.split(":", 1)[1]: values for name, values in columns.items() if ":" in name}
+    if not tried:
+        return {kept: columns["predicted"]}
+    return {f"{name} (kept)" if name == kept else name: values for name, values in tried.items()}
+
+
+def predicted_vs_measured(measured: np.ndarray, panels: Mapping[str, np.ndarray], label: str):
+    """Scatter of out-of-fold predictions against measurements, with the diagonal: one panel per surrogate."""
+    figure = Figure(figsize=(5.5 * len(panels), 5))
+    for axes, (name, predicted) in zip(np.atleast_1d(figure.subplots(1, len(panels), sharey=True)), panels.items()):
+        axes.scatter(measured, predicted, s=10, alpha=0.6)
+        low, high = float(min(measured.min(), predicted.min())), float(max(measured.max(), predicted.max()))
+        axes.plot([low, high], [low, high], color="grey", linewidth=1, linestyle="--")
+        axes.set_xlabel(f"measured {label}")
+        axes.set_title(f"{name}\n{format_quality(quality(measured, predicted))}", fontsize=10)
+    figure.axes[0].set_ylabel(f"predicted {label} (cross-validated)")
     return figure
 
 
-def chosen_weights(best: dict, mixture: Mixture):
-    """Bars: chosen weight (with interval, when there is one) next to the prior, per domain."""
+def _series_label(best: Mapping) -> str:
+    """`gp, optimize`: which surrogate and proposer chose a best.json's mixture."""
+    model = best.get("model") or {}
+    return f"{model.get('regressor', 'chosen')}, {best.get('proposer', 'topk')}"
+
+
+def chosen_weights(best: dict, mixture: Mixture, compared: Sequence[tuple[dict, Mixture]] = ()):
+    """Bars per domain: the prior, then each chosen mixture (with its interval, when there is one)."""
+    entries = [(best, mixture), *compared]
     domains = list(mixture.domains)
     positions = np.arange(len(domains))
-    chosen = mixture.vector(domains)
-    prior = best.get("prior") or {}
-    intervals = best.get("intervals", {}).get("weights")
-    figure = Figure(figsize=(max(6, 0.5 * len(domains) + 2), 4.5))
+    width = 0.8 / (len(entries) + 1)
+    figure = Figure(figsize=(max(6, (0.3 + 0.2 * len(entries)) * len(domains) + 2), 4.5))
     axes = figure.subplots()
-    axes.bar(positions - 0.2, [prior.get(d, 0.0) for d in domains], width=0.4, label="prior", color="lightgrey")
-    errors = None
-    if intervals:
-        bounds = np.array([intervals[d] for d in domains])
-        errors = np.clip(np.vstack([chosen - bounds[:, 0], bounds[:, 1] - chosen]), 0, None)
-    axes.bar(positions + 0.2, chosen, width=0.4, yerr=errors, capsize=3, label="chosen", color="tab:blue")
+    prior = best.get("prior") or {}
+    offset = -0.4 + width / 2
+    axes.bar(positions + offset, [prior.get(d, 0.0) for d in domains], width=width, label="prior", color="lightgrey")
+    for number, (entry, chosen_mixture) in enumerate(entries, start=1):
+        chosen = chosen_mixture.vector(domains)
+        intervals = entry.get("intervals", {}).get("weights")
+        errors = None
+        if intervals:
+            bounds = np.array([intervals[d] for d in domains])
+            errors = np.clip(np.vstack([chosen - bounds[:, 0], bounds[:, 1] - chosen]), 0, None)
+        label = "chosen" if not compared else _series_label(entry)
+        axes.bar(positions + offset + number * width, chosen, width=width, yerr=errors, capsize=3, label=label)
     axes.set_xticks(positions, domains, rotation=60, ha="right")
     axes.set_ylabel("weight")
-    title = f"predicted {best.get('target', 'target')}: {best.get('predicted_target', float('nan')):.4g}"
-    if intervals:
-        title += f" ({100 * best['intervals']['confidence']:.0f}% intervals, {best['intervals']['bootstrap']} refits)"
-    axes.set_title(title)
+    axes.set_title(_weights_title(best, compared))
     axes.legend()
     return figure
+
+
+def _weights_title(best: dict, compared: Sequence) -> str:
+    intervals = best.get("intervals", {})
+    shown = ""
+    if intervals.get("weights"):
+        shown = (f" ({100 * intervals['confidence']:.0f}% nominal {intervals.get('method', 'percentile')} intervals, "
+                 f"{intervals['bootstrap']} refits)")
+    if compared:
+        return f"chosen mixtures{shown}"
+    return f"predicted {best.get('target', 'target')}: {best.get('predicted_target', float('nan')):.4g}{shown}"
 
 
 def domain_vs_target(domains: tuple[str, ...], weights: np.ndarray, target: np.ndarray, label: str):
@@ -89,24 +117,27 @@ def domain_vs_target(domains: tuple[str, ...], weights: np.ndarray, target: np.n
 
 
 def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-           best_path: str | os.PathLike | None = None) -> list[Path]:
+           best_paths: Sequence[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
     """Write the report's PNGs into `out_dir`; inputs are all read before the first one is written."""
     fitted = FittedModel.load(model_dir)
-    measured, predicted = read_cv_predictions(model_dir)
+    measured, columns = read_cv_predictions(model_dir)
     weights, target = fitted.training_data()
-    best = mixture = None
-    if best_path is not None:
-        mixture = Mixture.load(best_path)
-        best = read_json(best_path)
-        mixture.check_domains(fitted.domains, best_path)
+    if best_paths is None or isinstance(best_paths, (str, os.PathLike)):
+        best_paths = [] if best_paths is None else [best_paths]
+    bests = []
+    for path in best_paths:
+        mixture = Mixture.load(path)
+        mixture.check_domains(fitted.domains, path)
+        bests.append((read_json(path), mixture))
     if len(measured) != len(target):
         raise RegmixError(FitDir(Path(model_dir)).cv_predictions, "does not match the training runs; fit again")
     label = fitted.target.label
+    panels = surrogate_panels(columns, fitted.model.regressor)
     out_dir = Path(out_dir)
     written = [
-        _save(predicted_vs_measured(measured, predicted, label), out_dir / "predicted_vs_measured.png"),
+        _save(predicted_vs_measured(measured, panels, label), out_dir / "predicted_vs_measured.png"),
         _save(domain_vs_target(fitted.domains, weights, target, label), out_dir / "domain_vs_target.png"),
     ]
-    if best is not None:
-        written.append(_save(chosen_weights(best, mixture), out_dir / "weights.png"))
+    if bests:
+        written.append(_save(chosen_weights(*bests[0], compared=bests[1:]), out_dir / "weights.png"))
     return written

@@ -51,7 +51,7 @@ from regmix_ds.train.loop import (
     resume_progress,
 )
 from regmix_ds.train.plan import RunPlan, batch_loader, learning_rate, plan_run, training_data, validation_sets
-from regmix_ds.train.stacked import StackedLlama, is_matrix, member_state_dict, stack_state_dicts
+from regmix_ds.train.stacked import LOSS_CHUNK, StackedLlama, is_matrix, member_state_dict
 from regmix_ds.train.utilization import PRECISIONS, Utilization, measure_matmul_peak
 
 CHECKPOINT = re.compile(r"group-step(\d{8})\.pt")
@@ -95,7 +95,9 @@ class AdamW:
         """One AdamW step (step counts from 1) of every member, each at its own learning rate.
 
         torch.optim.AdamW's arithmetic, in its order, with the scalar factors computed in float64
-        as it computes them in Python, so a member rounds as a single run does.
+        as it computes them in Python, so a member rounds as a single run does. The update is built
+        in one scratch tensor (in place, the same operations): one temporary of the largest weight,
+        not three, at the group's peak memory.
         """
         beta1, beta2 = self.betas
         correction1, correction2 = 1 - beta1**step, (1 - beta2**step) ** 0.5
@@ -108,8 +110,9 @@ class AdamW:
                 param.data.mul_(decay.view(shape))
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / correction2).add_(self.eps)
-            param.data.sub_(exp_avg / denom * step_size.view(shape))
+            update = exp_avg_sq.sqrt().div_(correction2).add_(self.eps)  # the denominator, then the update
+            torch.div(exp_avg, update, out=update)
+            param.data.sub_(update.mul_(step_size.view(shape)))
             param.grad = None
 
 
@@ -123,9 +126,10 @@ class GroupState:
 
     @classmethod
     def stack(cls, members: Sequence[Mapping[str, Mapping[str, torch.Tensor]]], device: torch.device) -> GroupState:
-        """Stack the members' `{"params", "exp_avg", "exp_avg_sq"}` dicts onto `device`."""
+        """Stack the members' `{"params", "exp_avg", "exp_avg_sq"}` dicts on `device` (member by member:
+        the host never holds the whole stack)."""
         def stacked(key: str) -> dict[str, torch.Tensor]:
-            return {n: t.to(device) for n, t in stack_state_dicts([m[key] for m in members]).items()}
+            return {name: stack_on(device, [m[key][name] for m in members]) for name in members[0][key]}
 
         params = {name: tensor.requires_grad_() for name, tensor in stacked("params").items()}
         return cls(params, stacked("exp_avg"), stacked("exp_avg_sq"))
@@ -133,6 +137,14 @@ class GroupState:
     def member(self, k: int) -> dict[str, dict[str, torch.Tensor]]:
         """Member k's weights and moments on the CPU (what its checkpoint holds)."""
         return {key: {n: t.cpu() for n, t in member_state_dict(getattr(self, key), k).items()} for key in STATE_KEYS}
+
+
+def stack_on(device: torch.device, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """`torch.stack(tensors)` built on `device` one member at a time, with no other copy of the stack."""
+    stacked = torch.empty((len(tensors), *tensors[0].shape), dtype=tensors[0].dtype, device=device)
+    for k, tensor in enumerate(tensors):
+        stacked[k].copy_(tensor)
+    return stacked
 
 
 # ---- planning ---------------------------------------------------------------------------------
@@ -332,11 +344,12 @@ class GroupTrainee:
               f"{self.utilization.peak_flops_per_s / 1e9:,.1f} GFLOP/s", flush=True)
 
 
-def train_group(configs: Sequence[TrainConfig], save_model: bool = False) -> int:
+def train_group(configs: Sequence[TrainConfig], save_model: bool = False, compile: bool = False) -> int:
     """Train (or resume, or skip when finished) the proxies of `configs` as one group.
 
     Returns 0 when every member is done, or `EXIT_REQUEUE` after a stop signal (each member
-    checkpointed). `save_model` also writes each member's `hf/` model directory. Members whose
+    checkpointed). `save_model` also writes each member's `hf/` model directory; `compile` runs the
+    decoder layers through `torch.compile` (`proxy.compile`). Members whose
     checkpoints are at different steps train as sub-groups, one after another, each in lockstep.
     """
     plans = plan_group(configs)
@@ -351,7 +364,8 @@ def train_group(configs: Sequence[TrainConfig], save_model: bool = False) -> int
     # On a CPU a bf16/fp16 config still trains in fp32 (CPU autocast would be slower, not faster).
     dtype = PRECISIONS[first.deepspeed.precision] if device.type == "cuda" else torch.float32
     group = Group(
-        hf_config=hf_config, stacked=StackedLlama.from_config(hf_config), adamw=AdamW.from_deepspeed(first.deepspeed),
+        hf_config=hf_config, stacked=StackedLlama.from_config(hf_config, LOSS_CHUNK[device.type], compile),
+        adamw=AdamW.from_deepspeed(first.deepspeed),
         device=device, dtype=dtype, valid_sets=validation_sets(first), stop=StopRequest(), save_model=save_model,
         utilization=Utilization(models.training_flops_per_token(hf_config, first.config.seq_len),
                                 measure_matmul_peak(device, dtype)),

@@ -27,7 +27,7 @@ from regmix_ds.core.layout import RunDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.data.blend import BlendedDataset, BlendedSampler, fixed_samples
-from regmix_ds.data.indexed import IndexedDataset
+from regmix_ds.data.indexed import open_split, split_files
 
 
 @dataclass(frozen=True)
@@ -93,8 +93,8 @@ def learning_rate(step: int, plan: RunPlan) -> float:
 
 def training_data(plan: RunPlan, rank: int) -> tuple[BlendedDataset, BlendedSampler]:
     """The blended training stream, long enough for every step (repetition cap checked now)."""
-    streams = {name: IndexedDataset(split.prefix).tokens for name, split in plan.manifest.train.items()}
-    shards = {name: f"{split.prefix}.bin" for name, split in plan.manifest.train.items()}
+    streams = {name: open_split(split) for name, split in plan.manifest.train.items()}
+    shards = {name: split_files(split) for name, split in plan.manifest.train.items()}
     extra = {} if plan.config.max_epochs is None else {"max_epochs": plan.config.max_epochs}
     dataset = BlendedDataset(
         streams, plan.mixture, plan.config.seq_len, plan.config.seed, plan.steps * plan.batch.global_batch,
@@ -112,7 +112,6 @@ def validation_sets(plan: RunPlan) -> dict[str, torch.Tensor]:
     """The first eval_batches x micro samples (fewer if short) of every domain's and target's validation stream."""
     count, seq_len = plan.config.eval_batches * plan.batch.micro, plan.config.seq_len
     return {
-        name: fixed_samples(IndexedDataset(split.prefix).tokens, seq_len, count, f"{split.prefix}.bin",
-                            plan.manifest.vocab_size)
+        name: fixed_samples(open_split(split), seq_len, count, split_files(split), plan.manifest.vocab_size)
         for name, split in plan.manifest.valid.items()
     }

@@ -4,6 +4,7 @@ Vendor peaks are not what torch reaches on a given machine (CPU cores, clocks, B
 peak is measured: the best of a few large square matrix products in the training process
 itself, in the training precision, with the threads the run will use. MFU is then the model's
 arithmetic (`model.training_flops_per_token` per token) over that peak, as in the PaLM paper.
+The planner (`train.budget`) also takes the device's memory bandwidth from a probe here.
 """
 from __future__ import annotations
 
@@ -35,6 +36,29 @@ def measure_matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype =
         synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2.0 * size**3 / best
+
+
+BANDWIDTH_PROBE = {"cpu": 2**26, "cuda": 2**28}
+"""Elements of the bandwidth probe's fp32 operands: 256 MiB on a CPU (past its caches), 1 GiB on a GPU."""
+
+
+def measure_bandwidth(device: torch.device | str = "cpu", elements: int | None = None, repeats: int = 3) -> float:
+    """Memory bandwidth in bytes/s as PyTorch's operators see it: the best of `repeats` `a + b` over
+    long fp32 vectors (12 bytes an element), each into a fresh output as an operator allocates one.
+    On a CPU that includes the page faults of fresh memory (a large share of an operator's time
+    there); a GPU's caching allocator has none."""
+    device = torch.device(device)
+    elements = elements or BANDWIDTH_PROBE.get(device.type, 2**26)
+    a, b = torch.ones(elements, device=device), torch.ones(elements, device=device)
+    best = float("inf")
+    for _ in range(repeats + 1):
+        synchronize(device)
+        start = time.perf_counter()
+        out = a + b
+        synchronize(device)
+        best = min(best, time.perf_counter() - start)
+        del out
+    return 12.0 * elements / best
 
 
 def synchronize(device: torch.device) -> None:
