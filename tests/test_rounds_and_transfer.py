@@ -69,6 +69,8 @@ def test_a_second_round_samples_near_the_fit_best_and_never_repeats_a_mixture(ex
         assert [row["round"] for row in csv.DictReader(handle)] == ["1"] * 8 + ["2"] * 6
     fitted = ok("fit", "--config", config)
     assert "on 14 runs" in fitted  # the fit uses every round
+    ok("simulate", "--config", config, "--candidates", 2000, "--top-k", 8)
+    assert json.loads(work.best.read_text())["rounds"] == {"1": 8, "2": 6}
 
 
 def test_a_later_round_needs_a_fit_of_the_same_swarm(experiment):

@@ -249,6 +249,25 @@ def read_results(path: str | os.PathLike) -> RunTable:
     return RunTable(weights, values, names, str(path), _provenance(results=path))
 
 
+def runs_per_round(path: str | os.PathLike) -> dict[int, int]:
+    """Round -> done runs, from our `results.csv` (a table from before rounds is all round 1)."""
+    header, body = _read_csv(path)
+    status = header.index("status")
+    column = header.index("round") if "round" in header else None
+    counts: dict[int, int] = {}
+    for row in body:
+        if row[status].strip() == "done":
+            round_ = _round_number(row[column], path) if column is not None else 1
+            counts[round_] = counts.get(round_, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def _round_number(cell: str, path: str | os.PathLike) -> int:
+    if not cell.strip().isdigit() or int(cell) < 1:
+        raise RegmixError(path, f"round {cell!r} is not a positive integer")
+    return int(cell)
+
+
 def prior_by_domain(path: str | os.PathLike) -> dict[str, float]:
     """A prior file (`core.mixture.read_prior`) keyed by domain names as the tables name them
     (`train_the_pile_unzip_pile_cc` -> `pile_cc`, like a weight column)."""
