@@ -2,6 +2,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +72,8 @@ def test_a_second_round_samples_near_the_fit_best_and_never_repeats_a_mixture(ex
     assert "on 14 runs" in fitted  # the fit uses every round
     ok("simulate", "--config", config, "--candidates", 2000, "--top-k", 8)
     assert json.loads(work.best.read_text())["rounds"] == {"1": 8, "2": 6}
+    plots = ok("report", "--config", config, "--out", work.root / "report-rounds")
+    assert "rounds.png" in {Path(line).name for line in plots.splitlines()}
 
 
 def test_a_later_round_needs_a_fit_of_the_same_swarm(experiment):
@@ -135,6 +138,8 @@ def test_the_transfer_check_trains_a_spread_of_mixtures_larger_and_ranks_the_cho
     larger = read_results(tier.results)
     assert {json.loads((tier.proxy(int(i)).result).read_text())["preset"] for i in larger.index} == {"demo"}
     assert len(report["paired_losses"]) == 4
+    plots = ok("report", "--config", config, "--out", experiment.work.root / "report-transfer")
+    assert "transfer.png" in {Path(line).name for line in plots.splitlines()}
 
 
 def test_the_oracle_search_keeps_the_best_it_measured_and_verify_reports_regret(experiment, tmp_path):

@@ -249,17 +249,18 @@ def read_results(path: str | os.PathLike) -> RunTable:
     return RunTable(weights, values, names, str(path), _provenance(results=path))
 
 
-def runs_per_round(path: str | os.PathLike) -> dict[int, int]:
-    """Round -> done runs, from our `results.csv` (a table from before rounds is all round 1)."""
+def run_rounds(path: str | os.PathLike) -> dict[str, int]:
+    """Index -> swarm round of each done run of our `results.csv` (a table from before rounds: all round 1)."""
     header, body = _read_csv(path)
-    status = header.index("status")
+    status, index = header.index("status"), header.index(INDEX)
     column = header.index("round") if "round" in header else None
-    counts: dict[int, int] = {}
-    for row in body:
-        if row[status].strip() == "done":
-            round_ = _round_number(row[column], path) if column is not None else 1
-            counts[round_] = counts.get(round_, 0) + 1
-    return dict(sorted(counts.items()))
+    return {row[index].strip(): _round_number(row[column], path) if column is not None else 1
+            for row in body if row[status].strip() == "done"}
+
+
+def runs_per_round(path: str | os.PathLike) -> dict[int, int]:
+    """Round -> done runs of our `results.csv`."""
+    return dict(sorted(Counter(run_rounds(path).values()).items()))
 
 
 def _round_number(cell: str, path: str | os.PathLike) -> int:

@@ -183,14 +183,16 @@ def init_distributed(dist_env: DistEnv) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
-def check_settings(settings: DeepSpeedSettings, world_size: int) -> None:
+def check_settings(settings: DeepSpeedSettings) -> None:
     """Have DeepSpeed's own config classes read `settings` now, before any process group or file:
     an unknown ZeRO key or a wrong type is then a one-line error naming the file, not a pydantic
     report seconds into start-up."""
     from deepspeed.runtime.config import DeepSpeedConfig
 
     try:
-        DeepSpeedConfig(settings.for_world(world_size))
+        # Resolved for one rank: before the process group exists DeepSpeedConfig takes the world
+        # to be 1 and would refuse the real world's batch size; that arithmetic is `for_world`'s own.
+        DeepSpeedConfig(settings.for_world(1))
     except Exception as err:
         raise RegmixError(settings.path, f"DeepSpeed refuses this config: {_first_problem(err)}") from None
 

@@ -196,7 +196,7 @@ def run_record(plan: RunPlan, dist_env: engine.DistEnv, settings: dict, params: 
 def checked_plan(config: TrainConfig, world_size: int) -> RunPlan:
     """The run's plan once every input and DeepSpeed setting is checked; writes nothing."""
     plan = plan_run(config, world_size)
-    engine.check_settings(plan.deepspeed, world_size)
+    engine.check_settings(plan.deepspeed)
     return plan
 
 
