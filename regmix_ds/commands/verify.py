@@ -15,11 +15,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml); fit.target names the target")
     parser.add_argument("--reference",
-                        help="one more mixture JSON to train and compare (e.g. the synthetic target_composition.json)")
+                        help="one more mixture JSON to train and compare, its row named after the file (e.g. the "
+                        "synthetic corpus's target_composition.json: the mixture its target text was drawn from)")
     parser.add_argument("--out", help="report folder (default <work_dir>/report)")
     parser.add_argument("--jobs", type=bounded(int, low=1, high=MAX_JOBS), default=2,
                         help="proxies trained at once (default 2)")
-    parser.add_argument("--oracle", help="an oracle search's oracle.json (benchmarks/oracle.py): report each "
+    parser.add_argument("--oracle", help="an oracle search's oracle.json (benchmarks/rounds.py writes one per corpus seed): report each "
                         "mixture's regret against its best measured loss")
     parser.set_defaults(run=run)
 

@@ -36,14 +36,16 @@ class Row:
 
 
 def verification_mixtures(experiment: ExperimentConfig, reference: Path | None) -> dict[str, Mixture]:
-    """The mixtures to train: chosen (best.json), natural (token shares), and the reference."""
+    """The mixtures to train: chosen (best.json), natural (token shares), and the reference, named
+    by its file (`target_composition.json` is the row "target composition")."""
     manifest = Manifest.load(experiment.work.manifest)
     mixtures = {
         "chosen": Mixture.load(experiment.work.best),
         "natural": Mixture.from_weights(manifest.token_prior(), source=experiment.work.manifest),
     }
     if reference is not None:
-        mixtures["reference"] = Mixture.load(reference)
+        label = reference.stem.replace("_", " ")
+        mixtures[label if label not in mixtures else "reference"] = Mixture.load(reference)
     for name, mixture in mixtures.items():
         mixture.check_domains(manifest.domains, f"{name} mixture")
     return mixtures
