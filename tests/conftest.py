@@ -27,7 +27,7 @@ def regmix_data() -> Path:
 def tiny_corpus_config(tmp_path_factory) -> Path:
     """A small synthetic corpus (6 domains, 240 short documents each, a 60/30/10 target) and its exp.yaml.
 
-    `truth.json` beside it holds the target's true mixture. Not yet prepared: see `tiny_manifest`.
+    `target_composition.json` beside it holds what the target set is made of. Not yet prepared: see `tiny_manifest`.
     """
     from regmix_ds.data.synth import SynthSettings, synthesize
 

@@ -1,5 +1,6 @@
 """Small helpers shared by test modules (not fixtures: plain functions). Every wait is bounded and
 fails with what the awaited process said, never by hanging."""
+import socket
 import subprocess
 import sys
 import time
@@ -37,3 +38,11 @@ def wait_for_steps(metrics: Path, steps: int, gone: Callable[[], str | None], ti
 def proxy_dir(experiment, index: int) -> Path:
     """Swarm member `index`'s run directory."""
     return experiment.work.proxy(index).path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now: two pytest-xdist workers running tests of one module
+    at once must not share a rendezvous port, as fixed per-module ports would."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

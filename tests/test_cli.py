@@ -245,7 +245,7 @@ def _(b: Bench) -> BadInput:
 @case("mixture-nan")
 def _(b: Bench) -> BadInput:
     path = b.mixture(news=float("nan"))
-    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: weight of 'news' is not finite: nan")
+    return BadInput(b.train(mixture=path), [b.tmp / "run"], f"{path}: NaN is not a number JSON allows")
 
 
 @case("mixture-all-zero")

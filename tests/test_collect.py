@@ -82,7 +82,7 @@ def test_collect_command_prints_counts_and_the_resubmission_line(swarm_in_every_
 @pytest.mark.parametrize("content, problem", [
     ('{"valid_loss": {"news": 1.0}', "not valid JSON"),
     ('{"tokens": 5}', "not a proxy result"),
-    ('{"valid_loss": {"news": NaN}, "mixture_hash": "HASH"}', "not a finite number"),
+    ('{"valid_loss": {"news": NaN}, "mixture_hash": "HASH"}', "NaN is not a number JSON allows"),
     ('{"valid_loss": {"news": 1.0}, "mixture_hash": "0000"}', "different mixture"),
 ])
 def test_a_bad_result_file_is_an_error_naming_it_and_nothing_is_written(swarm_in_every_state, content, problem):

@@ -29,7 +29,7 @@ def test_demo_runs_the_whole_loop_and_reuses_finished_stages(tmp_path):
     assert (target["world_size"], target["zero_stage"]) == (2, 3)
     assert target["mixture_hash"] == best["hash"]
     rows = {row["name"]: row for row in json.loads((work / "report" / "verify.json").read_text())}
-    assert set(rows) == {"chosen", "natural", "reference", "best swarm member", "median swarm member"}
+    assert set(rows) == {"chosen", "natural", "target composition", "best swarm member", "median swarm member"}
     assert rows["chosen"]["mixture"] == pytest.approx(best["weights"])
     summary = (work / "report" / "summary.md").read_text()
     assert "| chosen |" in summary and "| natural |" in summary

@@ -1,12 +1,17 @@
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.pipeline.proxies import format_ranges, parse_ranges, sbatch_line, train_config
-from tests.helpers import logged_steps, proxy_dir, run_cli
+from tests.helpers import TIMEOUT, logged_steps, proxy_dir, run_cli, wait_for_steps
 
 
 @pytest.mark.parametrize("indices, text", [([1, 2, 3, 7, 9, 10], "1-3,7,9-10"), ([5], "5"), ([3, 1, 2, 2], "1-3")])
@@ -97,3 +102,48 @@ def test_a_malformed_array_task_id_is_one_line(tiny_experiment):
     done = run_cli("proxy", "--config", config, env={**os.environ, "SLURM_ARRAY_TASK_ID": "1a"})
     assert done.returncode == 2
     assert done.stderr.strip() == "regmix-ds proxy: error: SLURM_ARRAY_TASK_ID: expected an array task number, got '1a'"
+
+
+def test_two_runners_on_one_work_dir_train_every_proxy_once(tiny_experiment):
+    """The first runner's proxy 1 stops itself (SIGSTOP) after a step, holding the run; a second
+    runner then trains the rest and leaves proxy 1 to its owner, who finishes it when resumed."""
+    config = tiny_experiment(n=3)
+    experiment = ExperimentConfig.load(config)
+    first = subprocess.Popen([sys.executable, "-m", "regmix_ds", "run-swarm", "--config", str(config), "--jobs", "1"],
+                             env={**os.environ, "REGMIX_FAULT": "step:STOP"}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for_steps(proxy_dir(experiment, 1) / "metrics.jsonl", 1,
+                       gone=lambda: first.poll() is not None and f"the first runner exited {first.poll()}")
+        second = run_cli("run-swarm", "--config", config, "--jobs", 1)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "proxies 1 were being trained by another process" in second.stdout
+        assert not (proxy_dir(experiment, 1) / "result.json").exists()
+        for child in children_of(first.pid):
+            os.kill(child, signal.SIGCONT)
+        output, _ = first.communicate(timeout=TIMEOUT)
+        assert first.returncode == 0, output
+    finally:
+        if first.poll() is None:
+            for child in children_of(first.pid):
+                os.kill(child, signal.SIGKILL)
+            first.kill()
+            first.wait()
+    for index in (1, 2, 3):
+        run = proxy_dir(experiment, index)
+        steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()
+                 if '"step"' in line and '"loss"' in line]
+        assert steps == list(range(1, 9)), f"proxy {index} trained steps {steps}"
+        log = [line for line in (run / "proxy.log").read_text().splitlines() if line.strip()]
+        assert len(log) == len(set(log)), f"proxy {index}'s log repeats lines"
+        assert json.loads((run / "result.json").read_text())["steps"] == 8
+    assert "another process is training n1" in (proxy_dir(experiment, 1) / "proxy.log").read_text()
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of `pid` now, started from any of its threads (Linux /proc)."""
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(FileNotFoundError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children

@@ -7,6 +7,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.pipeline.collect import collect
@@ -159,3 +160,31 @@ def test_collect_lists_tasks_waiting_in_the_queue_as_pending(tiny_experiment, tm
     gone = run_cli("collect", "--config", experiment.path)
     assert "missing 4" in gone.stdout and f"sbatch --array=1-3:2%64 slurm/proxies.sh {experiment.path}" in gone.stdout
     print(collected.stdout)
+
+
+def test_a_second_round_and_the_transfer_tier_train_through_the_array_script(tiny_experiment, tmp_path):
+    config = tiny_experiment(n=4, group_size=2)
+    raw = yaml.safe_load(config.read_text())
+    raw.update(fit={"target": "target", "folds": 2, "min_data_in_leaf": 1},
+               simulate={"candidates": 5000, "bootstrap": 0, "top_k": 4}, transfer={"preset": "demo", "count": 3})
+    config.write_text(yaml.safe_dump(raw, sort_keys=False))
+    experiment = ExperimentConfig.load(config)
+    logs = tmp_path / "logs"
+    train_array(experiment, logs, "1-3:2")
+    for stage in ("fit", "simulate"):
+        assert run_cli(stage, "--config", config).returncode == 0
+    assert run_cli("swarm", "--config", config, "--next-round", "--n", 2).returncode == 0
+    train_array(experiment, logs, "5")  # the new round: n5-n6, one group
+    assert [row.round for row in collect(experiment).rows] == [1, 1, 1, 1, 2, 2]
+
+    first = run_cli("transfer", "--config", config)
+    assert first.returncode == 0 and "slurm/proxies.sh" in first.stdout and first.stdout.rstrip().endswith(
+        "--jobs 2"), first.stdout
+    wait_for_job(sbatch("--array=1-5:2", f"--chdir={logs}", "slurm/proxies.sh", experiment.path, "transfer", cwd=ROOT))
+    tier = experiment.work.tier("transfer")
+    assert [row.status for row in collect(experiment, tier="transfer").rows] == ["done"] * 5
+    stamps = {i: tier.proxy(i).result.stat().st_mtime_ns for i in range(1, 6)}
+    wait_for_job(sbatch("--array=1-5:2", f"--chdir={logs}", "slurm/proxies.sh", experiment.path, "transfer", cwd=ROOT))
+    assert {i: tier.proxy(i).result.stat().st_mtime_ns for i in range(1, 6)} == stamps  # nothing trained twice
+    done = run_cli("transfer", "--config", config)
+    assert done.returncode == 0 and "the chosen mixture ranks" in done.stdout, done.stdout + done.stderr

@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
     return out
 
 
-def test_writes_domains_target_truth_and_a_loadable_config(corpus):
+def test_writes_domains_target_composition_and_a_loadable_config(corpus):
     config = ExperimentConfig.load(corpus / "exp.yaml")
     domains = list(config.data.domains)
     assert len(domains) >= 6
@@ -44,13 +44,13 @@ def test_writes_domains_target_truth_and_a_loadable_config(corpus):
         assert len(read_texts(corpus / f"{name}.jsonl")) == SMALL["docs_per_domain"]
     assert len(read_texts(corpus / "target.jsonl")) == SMALL["target_docs"]
     assert config.data.valid_documents == SMALL["valid_documents"]
-    truth = Mixture.load(corpus / "truth.json")
-    assert list(truth.domains) == domains
-    assert dict(truth.weights) == {**dict.fromkeys(domains, 0.0), "news": 0.6, "code": 0.3, "chat": 0.1}
+    composition = Mixture.load(corpus / "target_composition.json")
+    assert list(composition.domains) == domains
+    assert dict(composition.weights) == {**dict.fromkeys(domains, 0.0), "news": 0.6, "code": 0.3, "chat": 0.1}
 
 
 def test_target_characters_follow_the_true_mixture(corpus):
-    realized = json.loads((corpus / "truth.json").read_text())["realized"]
+    realized = json.loads((corpus / "target_composition.json").read_text())["realized"]
     longest = max(len(t) for t in read_texts(corpus / "target.jsonl"))
     total = sum(len(t) for t in read_texts(corpus / "target.jsonl"))
     for name, weight in {"news": 0.6, "code": 0.3, "chat": 0.1}.items():
@@ -82,7 +82,7 @@ def test_domains_have_clearly_different_statistics(corpus):
 def test_same_seed_same_bytes_other_seed_other_text(tmp_path):
     for name, seed in (("a", 5), ("b", 5), ("c", 6)):
         synthesize(tmp_path / name, SynthSettings(seed=seed, **SMALL))
-    for file in ("news.jsonl", "target.jsonl", "truth.json", "exp.yaml"):
+    for file in ("news.jsonl", "target.jsonl", "target_composition.json", "exp.yaml"):
         assert (tmp_path / "a" / file).read_bytes() == (tmp_path / "b" / file).read_bytes()
     assert (tmp_path / "a" / "news.jsonl").read_bytes() != (tmp_path / "c" / "news.jsonl").read_bytes()
 

@@ -101,7 +101,7 @@ def test_prior_flat_or_under_train(tmp_path):
                                    "train:\n  train_the_pile_unzip_a: 1\n  train_the_pile_unzip_b: 3\nvalid: {}\n"))
     flat = prior_by_domain(write(tmp_path / "q.json", '{"a": 1, "b": 3}'))
     assert nested == flat == {"a": 1.0, "b": 3.0}
-    with pytest.raises(RegmixError, match="non-negative"):
+    with pytest.raises(RegmixError, match=r"prior of 'a' must be a number in \[0, 1e\+18\], got -1"):
         prior_by_domain(write(tmp_path / "r.yaml", "a: -1\n"))
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from regmix_ds.train.loop import EXIT_REQUEUE
+from tests.helpers import free_port
 from tests.test_trainer import (
     STEPS,
     assert_hf_model_reproduces,
@@ -22,13 +23,10 @@ from tests.test_trainer import (
 pytestmark = pytest.mark.slow
 
 BIN = Path(sys.executable).parent
-DEEPSPEED_PORT = 29641
-MPIRUN_PORT = 29642
-SRUN_PORT = 29643
 
 
-def deepspeed_command(args: list[str]) -> list[str]:
-    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(DEEPSPEED_PORT), "train.py", *args]
+def deepspeed_command(args: list[str], port: int) -> list[str]:
+    return [str(BIN / "deepspeed"), "--num_gpus", "2", "--master_port", str(port), "train.py", *args]
 
 
 def mpirun_command(args: list[str]) -> list[str]:
@@ -41,7 +39,8 @@ def deepspeed_reference(tiny_manifest, tmp_path_factory):
     base = tmp_path_factory.mktemp("launchers")
     mixture = write_mixture(tiny_manifest, base / "mix.json")
     out = base / "deepspeed"
-    code, output = run(deepspeed_command(train_args(tiny_manifest, out, mixture, eval_interval=8)), DEEPSPEED_PORT)
+    port = free_port()
+    code, output = run(deepspeed_command(train_args(tiny_manifest, out, mixture, eval_interval=8), port), port)
     assert code == 0, output[-4000:]
     return {"base": base, "mixture": mixture, "out": out, "output": output}
 
@@ -58,13 +57,14 @@ def test_deepspeed_launcher_trains_two_zero3_ranks(deepspeed_reference, tiny_man
 
 def test_deepspeed_launcher_resumes_after_a_signal_to_one_rank(deepspeed_reference, tiny_manifest):
     out = deepspeed_reference["base"] / "deepspeed_interrupted"
-    command = deepspeed_command(train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8))
+    port = free_port()
+    command = deepspeed_command(train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8), port)
     # Only rank 1 is signalled, after step 2: the ranks agree by all-reduce and both save before exiting.
-    process = launch(command, DEEPSPEED_PORT, fault={"REGMIX_FAULT": "step@2:USR1", "REGMIX_FAULT_RANK": "1"})
+    process = launch(command, port, fault={"REGMIX_FAULT": "step@2:USR1", "REGMIX_FAULT_RANK": "1"})
     code, output = finish(process)
     assert code == EXIT_REQUEUE, output[-4000:]
     assert max(step_losses(out)) == 3 and not (out / "result.json").exists()
-    code, output = run(command + ["--resume", "auto"], DEEPSPEED_PORT)
+    code, output = run(command + ["--resume", "auto"], port)
     assert code == 0, output[-4000:]
     assert_same_run(out, deepspeed_reference["out"])
 
@@ -72,7 +72,7 @@ def test_deepspeed_launcher_resumes_after_a_signal_to_one_rank(deepspeed_referen
 def test_mpirun_discovers_ranks_through_mpi_and_matches_the_deepspeed_launcher(deepspeed_reference, tiny_manifest):
     out = deepspeed_reference["base"] / "mpirun"
     args = train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8)
-    code, output = run(mpirun_command(args), MPIRUN_PORT)
+    code, output = run(mpirun_command(args), free_port())
     assert code == 0, output[-4000:]
     assert "2 rank(s) via mpi" in output
     result = json.loads((out / "result.json").read_text())
@@ -90,7 +90,7 @@ def test_srun_tasks_find_their_ranks_and_train_like_the_deepspeed_launcher(deeps
         pytest.skip(problem)
     out = deepspeed_reference["base"] / "srun"
     args = train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8)
-    code, output = run(["srun", "--ntasks", "2", sys.executable, "train.py", *args], SRUN_PORT)
+    code, output = run(["srun", "--ntasks", "2", sys.executable, "train.py", *args], free_port())
     assert code == 0, output[-4000:]
     assert "2 rank(s) via slurm" in output
     assert_same_run(out, deepspeed_reference["out"])

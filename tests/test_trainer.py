@@ -25,11 +25,11 @@ from regmix_ds.train import engine, single
 from regmix_ds.train.loop import EXIT_REQUEUE, MetricsFile
 from regmix_ds.train.plan import learning_rate, plan_run
 from tests.conftest import corpus_of, make_experiment
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ZERO3 = ROOT / "ds_configs" / "zero3.json"
 STEPS = 16
-PLAIN_PORT = 29631
 
 
 # ---- helpers shared with test_train_launchers.py ---------------------------------------------
@@ -244,7 +244,7 @@ def test_bad_input_exits_2_with_one_line_and_no_output(tiny_manifest, tmp_path, 
 def test_train_py_exit_code_and_error_line(tiny_manifest, tmp_path):
     out = tmp_path / "run"
     code, output = run([sys.executable, "train.py", *train_args(tiny_manifest, out, tmp_path / "absent.json")],
-                       PLAIN_PORT)
+                       free_port())
     assert code == 2 and output.strip() == f"train.py: error: {tmp_path / 'absent.json'}: file not found"
     assert not out.exists()
 
@@ -269,7 +269,7 @@ def plain_runs(tiny_manifest, tmp_path_factory):
     mixture = write_mixture(tiny_manifest, base / "mix.json")
     reference = base / "reference"
     code, output = run([sys.executable, "train.py", *train_args(tiny_manifest, reference, mixture, eval_interval=8)],
-                       PLAIN_PORT)
+                       free_port())
     assert code == 0, output
     return {"base": base, "mixture": mixture, "reference": reference, "output": output}
 
@@ -306,7 +306,7 @@ def test_interrupted_run_resumes_to_the_same_losses(plain_runs, tiny_manifest):
     base, mixture = plain_runs["base"], plain_runs["mixture"]
     out = base / "interrupted"
     args = [sys.executable, "train.py", *train_args(tiny_manifest, out, mixture, eval_interval=8)]
-    process = launch(args, PLAIN_PORT, fault={"REGMIX_FAULT": "step@2:USR1"})  # Slurm's warning, after step 2
+    process = launch(args, free_port(), fault={"REGMIX_FAULT": "step@2:USR1"})  # Slurm's warning, after step 2
     code, output = finish(process)
     assert code == EXIT_REQUEUE, output
     stopped_at = max(step_losses(out))
@@ -316,10 +316,10 @@ def test_interrupted_run_resumes_to_the_same_losses(plain_runs, tiny_manifest):
 
     other = write_mixture(tiny_manifest, base / "other.json", skew=0.3)
     wrong = [sys.executable, "train.py", *train_args(tiny_manifest, out, other, eval_interval=8, resume="auto")]
-    code, output = run(wrong, PLAIN_PORT)
+    code, output = run(wrong, free_port())
     assert code == 2 and "mixture_hash" in output, output
 
-    code, output = run(args + ["--resume", "auto"], PLAIN_PORT)
+    code, output = run(args + ["--resume", "auto"], free_port())
     assert code == 0, output
     assert f"resumed from {out / 'checkpoints'}" in output
     assert_same_run(out, plain_runs["reference"])
@@ -331,7 +331,7 @@ def test_mixture_from_the_config_block_trains_the_same_run(plain_runs, tiny_mani
     block.write_text(json.dumps(with_mixture(load_ds_config(ZERO3).settings, Mixture.load(plain_runs["mixture"]))))
     out = base / "block_only"
     code, output = run([sys.executable, "train.py", *train_args(tiny_manifest, out, None, eval_interval=8,
-                                                                deepspeed_config=block)], PLAIN_PORT)
+                                                                deepspeed_config=block)], free_port())
     assert code == 0, output
     assert_same_run(out, plain_runs["reference"], tolerance=0.0)
 
@@ -340,14 +340,13 @@ def test_finished_run_is_not_trained_again(plain_runs, tiny_manifest):
     reference = plain_runs["reference"]
     before = (reference / "result.json").stat().st_mtime_ns
     args = train_args(tiny_manifest, reference, plain_runs["mixture"], eval_interval=8, resume="auto")
-    code, output = run([sys.executable, "train.py", *args], PLAIN_PORT)
+    code, output = run([sys.executable, "train.py", *args], free_port())
     assert code == 0 and "already finished" in output
     assert (reference / "result.json").stat().st_mtime_ns == before
 
 
 # ---- fault injection: SIGKILL a proxy anywhere, rerun the same command ---------------------------
 
-KILL_PORT = 29664
 KILL_STEPS = 40
 TIMING_FIELDS = ("wall_seconds", "tokens_per_s", "mfu", "matmul_peak_flops_per_s")
 """result.json fields measured by the clock: the only ones an interrupted run may change."""
@@ -365,14 +364,14 @@ def killable_proxy(tiny_manifest, tmp_path_factory):
                 "--out", str(out)]
 
     reference = config.parent / "reference"
-    code, output = run(command(reference), KILL_PORT)
+    code, output = run(command(reference), free_port())
     assert code == 0, output
     return command, reference
 
 
 def killed_at(command: list[str], fault: str) -> str:
     """Run `command` with `REGMIX_FAULT=fault`; it must die of SIGKILL there. Returns its output."""
-    code, output = finish(launch(command, KILL_PORT, fault={"REGMIX_FAULT": fault}))
+    code, output = finish(launch(command, free_port(), fault={"REGMIX_FAULT": fault}))
     assert code == -signal.SIGKILL, f"{fault}: exit {code}, the fault point was never reached\n{output[-3000:]}"
     return output
 
@@ -399,7 +398,7 @@ def test_proxy_killed_at_a_random_step_reruns_to_the_uninterrupted_result(killab
         assert max(step_losses(out)) == kill_at and not (out / "result.json").exists()
         # Killed after logging step kill_at, before its checkpoint: the newest is the step before.
         assert engine.verify_checkpoint(engine.newest_checkpoint(out / "checkpoints")) == kill_at - 1
-        code, output = run(command(out), KILL_PORT)
+        code, output = run(command(out), free_port())
         assert code == 0, output
         assert f"resumed from {out / 'checkpoints'}" in output
         assert_same_result(out, reference)
@@ -425,7 +424,7 @@ def test_kills_during_checkpoint_saves_leave_a_loadable_checkpoint_and_lose_noth
         assert engine.verify_checkpoint(newest) == step - 1
         for shard in newest.glob("*.pt"):
             assert engine.load_weights_only(str(shard))
-    code, output = run(command(out), KILL_PORT)
+    code, output = run(command(out), free_port())
     assert code == 0, output
     assert_same_result(out, reference)
     print(f"{len(SAVE_KILLS)} SIGKILLs inside checkpoint saves (every one asserted mid-save); results lost: 0")

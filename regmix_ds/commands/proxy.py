@@ -1,5 +1,13 @@
 """`regmix-ds proxy`: train one swarm member or a group of them (what each Slurm array task runs)."""
+import typing
+
+from regmix_ds.core.layout import Tier
+from regmix_ds.core.settings import bounded
+
 ORDER = 40
+TIERS = typing.get_args(Tier)
+MAX_JOBS = 256
+"""Most local trainings at once (`--jobs`): each is a Python process with its share of the cores."""
 
 
 def register(subparsers) -> None:
@@ -14,13 +22,15 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="experiment config (exp.yaml)")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--index", type=int, help="one swarm index, trained alone under DeepSpeed")
+    which.add_argument("--index", type=bounded(int, low=1), help="one swarm index, trained alone under DeepSpeed")
     which.add_argument("--indices", help="swarm indices trained together as one group, e.g. 1-16")
-    which.add_argument("--task", type=int,
+    which.add_argument("--task", type=bounded(int, low=1),
                        help="Slurm array task id: index TASK, or with proxy.group_size G > 1 the group TASK..TASK+G-1 "
                        "(default: $SLURM_ARRAY_TASK_ID)")
     which.add_argument("--mixture", help="train on this mixture JSON instead of a swarm member (needs --out)")
     parser.add_argument("--out", help="run directory for --mixture")
+    parser.add_argument("--tier", default="swarm", choices=TIERS,
+                        help="which proxies: the swarm, or the transfer check's larger ones (default swarm)")
     parser.set_defaults(run=run)
 
 
@@ -45,14 +55,16 @@ def train(args) -> int:
     experiment = ExperimentConfig.load(args.config)
     if (args.mixture is None) != (args.out is None):
         raise RegmixError("--mixture", "--mixture and --out go together")
+    tier = args.tier
     if args.mixture is not None:
-        return proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), RunDir(Path(args.out))))
+        run = RunDir(Path(args.out))
+        return proxies.train_proxy(proxies.proxy_train_config(experiment, Path(args.mixture), run, tier))
     if args.indices is not None:
-        return proxies.train_members(experiment, proxies.parse_ranges(args.indices, "--indices"))
+        return proxies.train_members(experiment, proxies.parse_ranges(args.indices, "--indices"), tier)
     index = args.index if args.index is not None else task_index(args.task, os.environ)
-    if args.index is None and proxies.group_size(experiment) > 1:
-        return proxies.train_members(experiment, proxies.task_indices(experiment, index))
-    return proxies.train_proxy(proxies.train_config(experiment, index))
+    if args.index is None and proxies.group_size(experiment, tier) > 1:
+        return proxies.train_members(experiment, proxies.task_indices(experiment, index, tier), tier)
+    return proxies.train_proxy(proxies.train_config(experiment, index, tier))
 
 
 def task_index(task: int | None, environ) -> int:

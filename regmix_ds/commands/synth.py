@@ -1,4 +1,4 @@
-"""`regmix-ds synth`: write the synthetic demo corpus, its target set, truth.json and exp.yaml."""
+"""`regmix-ds synth`: write the synthetic demo corpus, its target set and its composition, and exp.yaml."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="write a synthetic corpus whose best mixture is known",
         description="Write K text domains (jsonl), a target validation set drawn from a known mixture of some "
-        "of them, truth.json (that mixture) and exp.yaml (ready for `prepare --train-tokenizer`).",
+        "of them, target_composition.json (that mixture: what the target is made of, not the best mixture to "
+        "train on) and exp.yaml (ready for `prepare --train-tokenizer`).",
     )
     parser.add_argument("--out", required=True, type=Path, help="directory to write into (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
@@ -52,4 +53,5 @@ def run(args: argparse.Namespace) -> None:
         deepspeed_config=args.deepspeed_config,
     )
     written = synthesize(args.out, settings)
-    print(f"wrote {len(settings.domains)} domains, the target set and {written['config']} (truth: {written['truth']})")
+    print(f"wrote {len(settings.domains)} domains, the target set and {written['config']} "
+          f"(target composition: {written['composition']})")

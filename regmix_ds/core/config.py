@@ -18,7 +18,7 @@ from typing import Literal
 
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_mapping
-from regmix_ds.core.layout import WorkDir
+from regmix_ds.core.layout import Tier, WorkDir
 from regmix_ds.core.names import unsafe_name_problem
 from regmix_ds.core.settings import Settings, load_section
 
@@ -299,6 +299,15 @@ class SwarmConfig(Settings):
     """Tokens one proxy trains on, for the `max_epochs` cap (unset: proxy.train_tokens)."""
     dedup_distance: float | None = None
     """A mixture closer than this (L1) to one already kept is rejected as a near-duplicate (unset: the preset's)."""
+    explore: float = 0.25
+    """A later round (`swarm --next-round`): the share of its mixtures drawn afresh as round 1 draws; the
+    rest sample the neighbourhoods of the current fit's best candidates."""
+    focus: int = 8
+    """A later round: how many of the best predicted candidates it samples around."""
+    focus_min_strength: float = 20.0
+    """A later round: the smallest Dirichlet strength around a candidate (high strengths stay close to it)."""
+    focus_max_strength: float = 200.0
+    """A later round: the largest Dirichlet strength around a candidate; each draw picks one log-uniformly."""
 
     def validate(self) -> None:
         """Counts >= 1, each sampling setting that is set within its range, min_strength <= max_strength."""
@@ -316,6 +325,10 @@ class SwarmConfig(Settings):
         if self.min_strength is not None and self.max_strength is not None:
             self.require(self.min_strength <= self.max_strength, "min_strength",
                          f"{self.min_strength:g} exceeds max_strength {self.max_strength:g}")
+        self.require(0 <= self.explore <= 1, "explore", f"must be within [0, 1], got {self.explore}")
+        self.require(self.focus >= 1, "focus", f"must be >= 1, got {self.focus}")
+        self.require(0 < self.focus_min_strength <= self.focus_max_strength, "focus_min_strength",
+                     "need 0 < focus_min_strength <= focus_max_strength")
 
     def resolved(self) -> SwarmConfig:
         """This config with every sampling setting it leaves unset taken from its preset."""
@@ -353,6 +366,50 @@ class ProxyConfig(TrainSettings):
             object.__setattr__(self, "preset", DEFAULT_PROXY_PRESET)
         super().validate()
         self.require(self.group_size >= 1, "group_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class TransferConfig(Settings):
+    """The `transfer:` section (`regmix-ds transfer`): does the swarm's ranking hold for larger proxies?
+
+    Some swarm mixtures, spread over the fit's predicted range, plus the chosen and the natural
+    mixture, are trained again at a larger size (the proxy settings with the model and budget
+    below), as the `transfer` tier (`slurm/proxies.sh exp.yaml transfer`); their rank agreement
+    with the small proxies decides the verdict.
+    """
+
+    SECTION = "transfer"
+
+    preset: ModelPreset | None = "proxy-60m"
+    """The larger proxies' model preset (or give `model_config`)."""
+    model_config: str | None = None
+    """JSON/YAML of ModelShape fields for the larger proxies, instead of a preset."""
+    train_tokens: int | None = None
+    """Training tokens per larger proxy (unset: the proxy section's budget)."""
+    group_size: int | None = None
+    """Larger proxies per array task or local job (unset: proxy.group_size)."""
+    count: int = 16
+    """Swarm mixtures trained again at the larger size, spread evenly over the fit's predicted target."""
+    min_spearman: float = 0.8
+    """The verdict's threshold: the ranking transfers when the lower end of the Spearman interval reaches it."""
+    bootstrap: int = 2000
+    """Resamples of the compared mixtures behind the Spearman and Kendall intervals."""
+    confidence: float = 0.95
+    """Coverage asked of those intervals."""
+    seed: int = 0
+    """Seed of the bootstrap resamples."""
+
+    def validate(self) -> None:
+        """A model given one way only; counts and the threshold within range."""
+        self.require(self.preset is None or self.model_config is None, "preset",
+                     f"give {self.name_of('preset')} or {self.name_of('model_config')}, not both")
+        self.require(self.train_tokens is None or self.train_tokens >= 1, "train_tokens", "must be >= 1")
+        self.require(self.group_size is None or self.group_size >= 1, "group_size", "must be >= 1")
+        self.require(self.count >= 3, "count", f"must be >= 3 (a rank correlation needs points), got {self.count}")
+        self.require(-1 <= self.min_spearman <= 1, "min_spearman", "must be within [-1, 1]")
+        self.require(self.bootstrap >= 1, "bootstrap", "must be >= 1")
+        self.require(0 < self.confidence < 1, "confidence", "must be in (0, 1)")
+        self.require(self.seed >= 0, "seed", "must be >= 0")
 
 
 Regressor = Literal["lightgbm", "linear", "loglinear", "gp", "bagged", "auto"]
@@ -538,6 +595,7 @@ class ExperimentConfig(Settings):
     are resolved against the config file when it is loaded."""
     fit: FitConfig = field(default_factory=FitConfig)
     simulate: SimulateConfig = field(default_factory=SimulateConfig)
+    transfer: TransferConfig = field(default_factory=TransferConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
     path: str = field(default="", metadata={"internal": True})
     """The file it was read from (set by `load`, used in error messages)."""
@@ -560,6 +618,18 @@ class ExperimentConfig(Settings):
     def work(self) -> WorkDir:
         """The paths of everything the stages write."""
         return WorkDir(Path(self.work_dir))
+
+    def tier_settings(self, tier: Tier) -> ProxyConfig:
+        """How a tier's proxies train: the proxy section, for the transfer tier with its model, budget
+        and group size from the transfer section."""
+        proxy = self.require_proxy()
+        if tier != "transfer":
+            return proxy
+        larger = self.transfer
+        model_config = None if larger.model_config is None else str(self.resolve(larger.model_config))
+        budget = {"train_tokens": larger.train_tokens, "steps": None} if larger.train_tokens is not None else {}
+        return dataclasses.replace(proxy, preset=larger.preset, model_config=model_config, **budget,
+                                   group_size=larger.group_size or proxy.group_size)
 
     def require_proxy(self) -> ProxyConfig:
         """The `proxy:` section, which the stages that train need."""

@@ -14,6 +14,7 @@ This module does not import DeepSpeed (only `regmix_ds.engine` does).
 from __future__ import annotations
 
 import copy
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -191,19 +192,38 @@ def _check_batch_keys(raw: Mapping[str, Any], where: str) -> None:
 
 
 def _check_optimizer(raw: Mapping[str, Any], where: str) -> None:
+    """The optimizer and clipping values torch would refuse (or train to NaN with), checked up front."""
     optimizer = raw.get("optimizer")
     if not isinstance(optimizer, dict) or optimizer.get("type") not in OPTIMIZERS:
         raise RegmixError(where, f'needs an "optimizer" block of type {" or ".join(OPTIMIZERS)}')
     params = optimizer.get("params", {})
     if not isinstance(params, dict):
         raise RegmixError(where, '"optimizer.params" must be an object')
-    for key in ("lr", "weight_decay"):
-        value = params.get(key, 0.0)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise RegmixError(where, f"optimizer.params.{key} must be a non-negative number, got {value!r}")
+    _check_number(params.get("lr", 1e-3), where, "optimizer.params.lr", above=0.0)
+    _check_number(params.get("weight_decay", 0.0), where, "optimizer.params.weight_decay", low=0.0)
+    _check_number(params.get("eps", 1e-8), where, "optimizer.params.eps", above=0.0)
+    betas = params.get("betas", [0.9, 0.999])
+    if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+        raise RegmixError(where, f"optimizer.params.betas must be a list of two numbers, got {betas!r}")
+    for i, beta in enumerate(betas):
+        _check_number(beta, where, f"optimizer.params.betas[{i}]", low=0.0, below=1.0)
+    _check_number(raw.get("gradient_clipping", 0.0), where, "gradient_clipping", low=0.0)
+
+
+def _check_number(value: Any, where: str, key: str, low: float | None = None, above: float | None = None,
+                  below: float | None = None) -> None:
+    """A finite number (not a boolean) with `low <= value`, `above < value` and `value < below`."""
+    bounds = [f">= {low}" if low is not None else "", f"> {above}" if above is not None else "",
+              f"< {below}" if below is not None else ""]
+    wanted = " and ".join(bound for bound in bounds if bound)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or (low is not None and value < low) or (above is not None and value <= above)
+            or (below is not None and value >= below)):
+        raise RegmixError(where, f"{key} must be a finite number {wanted}, got {value!r}")
 
 
 def _check_zero_stage(raw: Mapping[str, Any], where: str) -> None:
     zero = raw.get("zero_optimization", {})
-    if not isinstance(zero, dict) or zero.get("stage", 0) not in (0, 1, 2, 3):
+    stage = zero.get("stage", 0) if isinstance(zero, dict) else None
+    if isinstance(stage, bool) or stage not in (0, 1, 2, 3):
         raise RegmixError(where, "zero_optimization.stage must be 0, 1, 2 or 3")

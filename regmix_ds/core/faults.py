@@ -11,8 +11,9 @@ The points: `step` (a training step was taken and logged), `checkpoint` (a DeepS
 files are written, its completion marker not yet), `member checkpoint` (one group member's
 checkpoint is written), `shard` (`prepare` appended a block of documents to a token shard's
 temporary .bin, not yet renamed into place), `open <file name>` (an atomic write's temporary file
-was just created, still empty) and `write <file name>` (that temporary file is complete and
-synced, not yet renamed into place).
+was just created, still empty), `write <file name>` (that temporary file is complete and synced,
+not yet renamed into place), `stage <file name>` (one output of a stage's set is staged) and
+`commit <file name>` (a committed set is about to rename that output into place). `*` matches them all.
 """
 from __future__ import annotations
 
@@ -21,7 +22,18 @@ import signal
 from collections import Counter
 
 FAULT = os.environ.get("REGMIX_FAULT")
+ANY = "*"
+"""The point name that matches every point: `*@n` stops at the n-th point of any kind, so a
+test can stop a stage between every two of its file operations in turn."""
 _reached: Counter = Counter()
+
+
+def arm(spec: str | None) -> None:
+    """Set (or, with None, clear) the fault as `REGMIX_FAULT` would, in this process: for a test
+    that forks a stage instead of starting an interpreter per kill."""
+    global FAULT
+    FAULT = spec
+    _reached.clear()
 
 
 def reached(point: str) -> None:
@@ -31,8 +43,8 @@ def reached(point: str) -> None:
     spec, _, signal_name = FAULT.partition(":")
     name, _, nth = spec.partition("@")
     only_rank = os.environ.get("REGMIX_FAULT_RANK")
-    if name != point or (only_rank is not None and os.environ.get("RANK") != only_rank):
+    if name not in (point, ANY) or (only_rank is not None and os.environ.get("RANK") != only_rank):
         return
-    _reached[point] += 1
-    if _reached[point] == int(nth or 1):
+    _reached[name] += 1
+    if _reached[name] == int(nth or 1):
         os.kill(os.getpid(), getattr(signal, f"SIG{signal_name or 'KILL'}"))

@@ -3,9 +3,11 @@
     <work_dir>/
       data/            manifest.json, <domain>_{train,valid}.bin/.idx, <domain>.prepared.json,
                        <domain>/{train,valid}-<k>.bin/.idx, part-<k>.json (shard_by: file: one per input file or chunk)
-      swarm/           n<i>.json (i = 1..N), swarm.csv, settings.json
+      swarm/           n<i>.json (i = 1..N over every round), swarm.csv, settings.json
       proxies/         n<i>/ (a run directory each), group-<i>.log
       results.csv      one row per swarm member (collect)
+      transfer/        the transfer check's tier: swarm/, proxies/, results.csv, transfer.json
+      oracle/          a benchmark's oracle search, the same layout
       fit/             model.json, model.txt, fit_report.json, cv_predictions.csv,
                        candidates/<regressor>/ (regressor auto), losses/<loss>/ (all_losses): fit directories
       best.json        the chosen mixture (simulate)
@@ -23,6 +25,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from regmix_ds.core.files import entries
 
@@ -65,6 +68,11 @@ class RunDir:
     def log(self) -> Path:
         """Output of a run started by a local runner (`run-swarm`, `verify`)."""
         return self.path / "proxy.log"
+
+    @property
+    def owner(self) -> Path:
+        """Locked (flock) by the process training the run, so no second one trains it at once."""
+        return self.path / ".owner.lock"
 
     def is_done(self) -> bool:
         """Whether the run finished: its result.json exists."""
@@ -170,11 +178,46 @@ class FitDir:
         return FitDir(self.path / "losses" / name)
 
 
+Tier = Literal["swarm", "transfer", "oracle"]
+"""A set of proxies trained alike: the swarm; the transfer check's larger proxies (`transfer/`);
+the oracle search of a benchmark (`oracle/`). Each has the swarm's layout under its own root."""
+
+
 @dataclass(frozen=True)
-class WorkDir:
-    """An experiment's `work_dir`."""
+class TierDir:
+    """A tier's mixtures, its run directories and its results table."""
 
     root: Path
+
+    @property
+    def swarm(self) -> SwarmDir:
+        return SwarmDir(self.root / "swarm")
+
+    def mixture(self, index: int) -> Path:
+        """Member `index`'s mixture."""
+        return self.swarm.mixture(index)
+
+    @property
+    def proxies(self) -> Path:
+        return self.root / "proxies"
+
+    def proxy(self, index: int) -> RunDir:
+        """The run directory of member `index`: proxies/n<index>."""
+        return RunDir(self.proxies / f"n{index}")
+
+    def group_log(self, first: int) -> Path:
+        """Output of the local job that trains the group starting at index `first`."""
+        return self.proxies / f"group-{first}.log"
+
+    @property
+    def results(self) -> Path:
+        return self.root / "results.csv"
+
+
+@dataclass(frozen=True)
+class WorkDir(TierDir):
+    """An experiment's `work_dir`: the data, the swarm tier at its root, the other tiers under it,
+    and what the later stages write."""
 
     @property
     def data(self) -> DataDir:
@@ -184,29 +227,19 @@ class WorkDir:
     def manifest(self) -> Path:
         return self.data.manifest
 
-    @property
-    def swarm(self) -> SwarmDir:
-        return SwarmDir(self.root / "swarm")
-
-    def mixture(self, index: int) -> Path:
-        """Swarm member `index`'s mixture."""
-        return self.swarm.mixture(index)
+    def tier(self, name: Tier) -> TierDir:
+        """The tier `name`: the swarm's files are at the root, the others in a directory of their name."""
+        return self if name == "swarm" else TierDir(self.root / name)
 
     @property
-    def proxies(self) -> Path:
-        return self.root / "proxies"
-
-    def proxy(self, index: int) -> RunDir:
-        """The run directory of swarm member `index`: proxies/n<index>."""
-        return RunDir(self.proxies / f"n{index}")
-
-    def group_log(self, first: int) -> Path:
-        """Output of the local job that trains the group starting at swarm index `first`."""
-        return self.proxies / f"group-{first}.log"
+    def transfer_report(self) -> Path:
+        """What `regmix-ds transfer` concluded: the rank agreement between the swarm's proxies and the larger ones."""
+        return self.root / "transfer" / "transfer.json"
 
     @property
-    def results(self) -> Path:
-        return self.root / "results.csv"
+    def oracle_result(self) -> Path:
+        """The oracle search's best measured mixture and loss (a benchmark's answer key)."""
+        return self.root / "oracle" / "oracle.json"
 
     @property
     def fit(self) -> FitDir:

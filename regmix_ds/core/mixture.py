@@ -17,6 +17,9 @@ from regmix_ds.core.files import read_json, read_mapping, write_json_atomic
 from regmix_ds.core.names import check_safe_name
 
 SUM_TOLERANCE = 1e-6
+MAX_WEIGHT = 1e18
+"""Largest weight or prior value taken: shares, or token counts of any real corpus (< 1e15),
+fit; anything near float's limit (1e308) would overflow the sums every stage takes."""
 
 
 @dataclass(frozen=True)
@@ -51,10 +54,16 @@ class Mixture:
     @classmethod
     def load(cls, path: str | os.PathLike, *, renormalize: bool = False) -> Mixture:
         """Read a mixture file: `{"weights": {"<domain>": w, ...}, ...free metadata}`."""
+        return cls.load_with_metadata(path, renormalize=renormalize)[0]
+
+    @classmethod
+    def load_with_metadata(cls, path: str | os.PathLike, *, renormalize: bool = False) -> tuple[Mixture, dict]:
+        """A mixture file's mixture and the rest of its fields (a swarm member's `index`, `round`, ...)."""
         data = read_json(path)
         if not isinstance(data, dict) or not isinstance(data.get("weights"), dict):
             raise RegmixError(path, 'expected a JSON object with a "weights" mapping')
-        return cls.from_weights(data["weights"], renormalize=renormalize, source=path)
+        mixture = cls.from_weights(data["weights"], renormalize=renormalize, source=path)
+        return mixture, {key: value for key, value in data.items() if key != "weights"}
 
     @property
     def domains(self) -> tuple[str, ...]:
@@ -101,6 +110,9 @@ def _validated(weights: Mapping[str, Any], source: object) -> dict[str, float]:
             raise RegmixError(source, f"weight of {name!r} is not finite: {value}")
         if value < 0:
             raise RegmixError(source, f"weight of {name!r} is negative: {value}")
+        if value > MAX_WEIGHT:
+            raise RegmixError(source, f"weight of {name!r} is {value:g}, above {MAX_WEIGHT:g}: "
+                                      "give shares or token counts")
         clean[name] = value
     if not any(w > 0 for w in clean.values()):
         raise RegmixError(source, "all weights are zero")
@@ -121,9 +133,10 @@ def read_prior(path: str | os.PathLike) -> dict[str, float]:
         data = data["train"]
     prior: dict[str, float] = {}
     for key, value in data.items():
-        name = check_safe_name(str(key), path, "domain name")
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-            raise RegmixError(path, f"prior of {key!r} must be a non-negative number, got {value!r}")
+        name = check_safe_name(key, path, "domain name")
+        if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+                or not 0 <= value <= MAX_WEIGHT):
+            raise RegmixError(path, f"prior of {key!r} must be a number in [0, {MAX_WEIGHT:g}], got {value!r}")
         prior[name] = float(value)
     if not prior or math.fsum(prior.values()) <= 0:
         raise RegmixError(path, "prior is empty or all zero")

@@ -35,7 +35,7 @@ import math
 import textwrap
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, Literal, TypeVar
 
 from regmix_ds.core.errors import RegmixError
@@ -91,6 +91,8 @@ class Settings:
             self.require(math.isfinite(value), name, f"must be a finite number, got {value!r}")
         elif hint is int and isinstance(value, int) and not isinstance(value, bool):
             self.require(-INT64 <= value < INT64, name, f"{value} does not fit in 64 bits")
+            if name == "seed" or name.endswith("_seed"):  # numpy refuses negative seeds, with a traceback
+                self.require(value >= 0, name, f"a seed must be >= 0, got {value}")
 
 
 # ---- type hints ------------------------------------------------------------------------------------
@@ -204,6 +206,30 @@ def _coerce(value: Any, hint: Any, file: object, key: str) -> Any:
 
 
 # ---- command-line flags -----------------------------------------------------------------------------
+
+
+def bounded(kind: type, low: float | None = None, high: float | None = None, above: float | None = None
+            ) -> Callable[[str], Any]:
+    """An argparse `type` for a flag outside any settings section: an int or finite float with
+    `low <= value <= high` (and `value > above`), else argparse's one-line error naming the flag."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text[:40]!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if low is not None and value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high:,}, got {text}")
+        return value
+
+    return parse
 
 
 def flag_names(cls: type, field: str) -> tuple[str, ...]:

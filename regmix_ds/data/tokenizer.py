@@ -6,7 +6,6 @@ was trained on, so re-running `prepare --train-tokenizer` on the same corpus reu
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -17,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.files import read_json, replace_directory, write_json_atomic
 from regmix_ds.core.progress import interactive
 
 EOS_TOKEN = "<|endoftext|>"
 TRAINING_RECORD = "regmix_tokenizer.json"
 GENERIC_CLASSES = {"PreTrainedTokenizerFast", "TokenizersBackend"}
-HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?$")
+HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9][A-Za-z0-9_.-]*)?")  # fullmatch: no trailing newline
 
 
 def load_tokenizer(spec: str, local: Path, where: str) -> Any:
@@ -33,7 +32,7 @@ def load_tokenizer(spec: str, local: Path, where: str) -> Any:
     """
     if local.exists():
         source = str(local)
-    elif HUB_NAME.match(spec) and not spec.startswith("."):
+    elif HUB_NAME.fullmatch(spec) and not spec.startswith("."):
         source = spec
     else:
         raise RegmixError(where, f"tokenizer directory {local} not found")
@@ -127,18 +126,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, out_dir: Path, corpus
     try:
         tokenizer.save_pretrained(staging)
         write_json_atomic(staging / TRAINING_RECORD, {"corpus_hash": corpus_hash, "vocab_size": vocab_size})
-        _replace_directory(staging, out_dir)
+        replace_directory(staging, out_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _replace_directory(new: Path, target: Path) -> None:
-    if not target.exists():
-        os.replace(new, target)
-        return
-    # A directory cannot be renamed over a non-empty one: move the old aside first.
-    old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-    os.replace(target, old / target.name)
-    os.replace(new, target)
-    with contextlib.suppress(OSError):
-        shutil.rmtree(old)

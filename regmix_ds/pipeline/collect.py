@@ -1,8 +1,10 @@
 """The collect stage: every proxy's `result.json` -> `results.csv`, and what is still to do.
 
 `results.csv` has one row per swarm member: `index`, `status` (done / running / failed /
-missing), `w:<domain>` for each mixture weight, `loss:<name>` for each validation set (domains,
-then targets; empty unless done), `tokens` and `wall_seconds`. `fit` reads the `done` rows.
+missing / pending), `round` (the swarm round that drew it), `w:<domain>` for each mixture
+weight, `loss:<name>` for each validation set (domains, then targets; empty unless done),
+`tokens` and `wall_seconds`. `fit` reads the `done` rows. Each tier (the swarm, the transfer
+check's larger proxies) has a table of its own.
 
 A proxy is `done` when its `result.json` exists; otherwise `pending` or `running` when Slurm
 holds the array task that trains it (`queued`, from `pipeline.slurm.queued_tasks`); `failed`
@@ -25,6 +27,7 @@ from typing import Any
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import atomic_output, newest_mtime, read_json
+from regmix_ds.core.layout import Tier, TierDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.pipeline.proxies import group_size, swarm_indices
@@ -34,12 +37,14 @@ STATUSES = ("done", "running", "failed", "missing", "pending")
 
 @dataclass(frozen=True)
 class ProxyRow:
-    """One swarm member as collect found it: its status, its mixture, and its result.json once done."""
+    """One member as collect found it: its status, its mixture and round, and its result.json once done."""
 
     index: int
     status: str
     mixture: Mixture
     result: dict[str, Any] | None
+    round: int = 1
+    """The swarm round that drew it (1, or a later `swarm --next-round`)."""
 
 
 @dataclass(frozen=True)
@@ -58,40 +63,51 @@ class Collection:
 
 
 def collect(experiment: ExperimentConfig, stale_seconds: float = 1800.0,
-            queued: Mapping[int, str] | None = None) -> Collection:
-    """Read the state of every swarm member and write `results.csv` atomically.
+            queued: Mapping[int, str] | None = None, tier: Tier = "swarm") -> Collection:
+    """Read the state of every member of a tier and write its `results.csv` atomically.
 
     `queued`: array task id -> 'pending' or 'running', for the tasks Slurm holds (None: not asked).
     """
     now = time.time()
-    held = held_by_slurm(experiment, queued or {})
-    rows = [_proxy_row(experiment, index, stale_seconds, now, held.get(index)) for index in swarm_indices(experiment)]
+    held = held_by_slurm(experiment, queued or {}, tier)
+    rows = [_proxy_row(experiment.work.tier(tier), index, stale_seconds, now, held.get(index))
+            for index in swarm_indices(experiment, tier)]
     collection = Collection(rows)
-    write_results(experiment.work.results, collection, _loss_names(experiment, rows))
+    write_results(experiment.work.tier(tier).results, collection, _loss_names(experiment, rows))
     return collection
 
 
-def held_by_slurm(experiment: ExperimentConfig, queued: Mapping[int, str]) -> dict[int, str]:
-    """Swarm index -> the state of the queued array task that trains it (a task trains its group)."""
-    size = group_size(experiment)
+def held_by_slurm(experiment: ExperimentConfig, queued: Mapping[int, str], tier: Tier = "swarm") -> dict[int, str]:
+    """Index -> the state of the queued array task that trains it (a task trains its group)."""
+    size = group_size(experiment, tier)
     return {index: state for task, state in queued.items() for index in range(task, task + size)}
 
 
-def _proxy_row(experiment: ExperimentConfig, index: int, stale_seconds: float, now: float,
-               held: str | None) -> ProxyRow:
-    mixture = Mixture.load(experiment.work.mixture(index))
-    run = experiment.work.proxy(index)
+def _proxy_row(where: TierDir, index: int, stale_seconds: float, now: float, held: str | None) -> ProxyRow:
+    mixture, metadata = Mixture.load_with_metadata(where.mixture(index))
+    round_ = _round_of(metadata, where.mixture(index))
+    run = where.proxy(index)
     if run.is_done():
         result = read_json(run.result)
         _check_result(result, run.result, mixture)
-        return ProxyRow(index, "done", mixture, result)
+        return ProxyRow(index, "done", mixture, result, round_)
     if held is not None:
-        return ProxyRow(index, held, mixture, None)
-    if not run.path.is_dir():
-        return ProxyRow(index, "missing", mixture, None)
-    if run.failed.is_file() or now - newest_mtime(run.path) > stale_seconds:
-        return ProxyRow(index, "failed", mixture, None)
-    return ProxyRow(index, "running", mixture, None)
+        status = held
+    elif not run.path.is_dir():
+        status = "missing"
+    elif run.failed.is_file() or now - newest_mtime(run.path) > stale_seconds:
+        status = "failed"
+    else:
+        status = "running"
+    return ProxyRow(index, status, mixture, None, round_)
+
+
+def _round_of(metadata: Mapping[str, Any], path: Path) -> int:
+    """A member's round from its mixture file (files from before rounds existed are round 1)."""
+    value = metadata.get("round", 1)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RegmixError(path, f'"round" must be a positive integer, got {value!r}')
+    return value
 
 
 def _check_result(result: Any, path: Path, mixture: Mixture) -> None:
@@ -115,7 +131,7 @@ def _loss_names(experiment: ExperimentConfig, rows: list[ProxyRow]) -> list[str]
 def write_results(path: Path, collection: Collection, loss_names: list[str]) -> None:
     """Write `results.csv` atomically: one row per member, numbers as exact reprs, blank where unknown."""
     domains = list(collection.rows[0].mixture.domains)
-    header = ["index", "status", *(f"w:{d}" for d in domains), *(f"loss:{n}" for n in loss_names),
+    header = ["index", "status", "round", *(f"w:{d}" for d in domains), *(f"loss:{n}" for n in loss_names),
               "tokens", "wall_seconds"]
     with atomic_output(path) as handle:
         writer = csv.writer(handle, lineterminator="\n")
@@ -124,7 +140,7 @@ def write_results(path: Path, collection: Collection, loss_names: list[str]) -> 
             result = row.result or {}
             losses = result.get("valid_loss", {})
             writer.writerow([
-                row.index, row.status, *(repr(row.mixture.weights.get(d, 0.0)) for d in domains),
+                row.index, row.status, row.round, *(repr(row.mixture.weights.get(d, 0.0)) for d in domains),
                 *(repr(losses[n]) if n in losses else "" for n in loss_names),
                 result.get("tokens", ""), result.get("wall_seconds", ""),
             ])

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from regmix_ds.core.config import ExperimentConfig, TrainConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import write_json_atomic
-from regmix_ds.core.layout import RunDir
+from regmix_ds.core.files import exclusive, write_json_atomic
+from regmix_ds.core.layout import RunDir, Tier
 from regmix_ds.core.progress import bar as progress_bar
 
 PROXY_SCRIPT = "slurm/proxies.sh"
@@ -30,9 +30,9 @@ EXIT_REQUEUE = 75
 """`train.loop.EXIT_REQUEUE`, spelled here so that a finished task never imports the trainer."""
 
 
-def swarm_indices(experiment: ExperimentConfig) -> list[int]:
-    """The proxy indices of the experiment's swarm, from its `n<i>.json` files, ascending."""
-    swarm = experiment.work.swarm
+def swarm_indices(experiment: ExperimentConfig, tier: Tier = "swarm") -> list[int]:
+    """The proxy indices of a tier (the swarm, or the transfer check's), from its `n<i>.json` files, ascending."""
+    swarm = experiment.work.tier(tier).swarm
     if not swarm.path.is_dir():
         raise RegmixError(swarm.path, "no swarm here; run `regmix-ds swarm --config ...` first")
     found = swarm.indices()
@@ -41,19 +41,19 @@ def swarm_indices(experiment: ExperimentConfig) -> list[int]:
     return found
 
 
-def train_config(experiment: ExperimentConfig, index: int) -> TrainConfig:
-    """The training settings of swarm member `index`."""
-    mixture = experiment.work.mixture(index)
+def train_config(experiment: ExperimentConfig, index: int, tier: Tier = "swarm") -> TrainConfig:
+    """The training settings of member `index` of a tier."""
+    mixture = experiment.work.tier(tier).mixture(index)
     if not mixture.is_file():
-        raise RegmixError("--index",
-                          f"no mixture {mixture} (swarm indices: {format_ranges(swarm_indices(experiment))})")
-    return proxy_train_config(experiment, mixture, experiment.work.proxy(index))
+        indices = format_ranges(swarm_indices(experiment, tier))
+        raise RegmixError("--index", f"no mixture {mixture} ({tier} indices: {indices})")
+    return proxy_train_config(experiment, mixture, experiment.work.tier(tier).proxy(index), tier)
 
 
-def proxy_train_config(experiment: ExperimentConfig, mixture: Path, run: RunDir) -> TrainConfig:
-    """The training settings of a proxy on `mixture`: the same for every proxy but the mixture,
-    so swarm members and any mixture checked later are comparable."""
-    return TrainConfig.for_run(experiment.require_proxy(), manifest=str(experiment.work.manifest),
+def proxy_train_config(experiment: ExperimentConfig, mixture: Path, run: RunDir, tier: Tier = "swarm") -> TrainConfig:
+    """The training settings of a proxy on `mixture`: the same for every proxy of a tier but the
+    mixture, so swarm members and any mixture checked later are comparable."""
+    return TrainConfig.for_run(experiment.tier_settings(tier), manifest=str(experiment.work.manifest),
                                mixture=str(mixture), out=str(run.path), resume="auto")
 
 
@@ -67,12 +67,18 @@ def train_proxy(config: TrainConfig) -> int:
         return 0
     from regmix_ds.train import engine, single
 
-    return marking_failures([run], lambda: single.train(config, engine.discover_launch()))
+    launch = engine.discover_launch()
+    single.checked_plan(config, launch.world_size)  # a bad input is refused before the lock makes the run dir
+    if launch.world_size > 1:
+        # Every rank of a multi-rank proxy runs this: a lock would let one rank in and strand
+        # the others in the first collective. Such a run is one Slurm step, unique already.
+        return marking_failures([run], lambda: single.train(config, launch))
+    return training_alone([run], lambda: single.train(config, launch))
 
 
-def train_members(experiment: ExperimentConfig, indices: list[int]) -> int:
-    """Train swarm members `indices` as one group in this process; returns 0, 2 or 75 as `train_proxy`."""
-    configs = [train_config(experiment, i) for i in indices]
+def train_members(experiment: ExperimentConfig, indices: list[int], tier: Tier = "swarm") -> int:
+    """Train members `indices` of a tier as one group in this process; returns 0, 2 or 75 as `train_proxy`."""
+    configs = [train_config(experiment, i, tier) for i in indices]
     todo = [config for config in configs if not RunDir(Path(config.out)).is_done()]
     if not todo:
         print(f"proxies {format_ranges(indices)}: every result.json exists, nothing to do")
@@ -80,8 +86,22 @@ def train_members(experiment: ExperimentConfig, indices: list[int]) -> int:
     from regmix_ds.train import group
 
     proxy = experiment.require_proxy()
-    return marking_failures([RunDir(Path(c.out)) for c in todo],
-                            lambda: group.train_group(todo, proxy.save_model, proxy.compile))
+    return training_alone([RunDir(Path(c.out)) for c in todo],
+                          lambda: group.train_group(todo, proxy.save_model, proxy.compile))
+
+
+def training_alone(runs: list[RunDir], train: Callable[[], int]) -> int:
+    """`marking_failures(runs, train)` while this process owns every run; 0 at once if another does.
+
+    Two runners on one work dir (two `run-swarm`s, a local run beside an array task) would
+    otherwise train a proxy twice and interleave its log.
+    """
+    with exclusive(run.owner for run in runs) as owned:
+        if not owned:
+            print(f"{runs[0].path.parent}: another process is training {', '.join(r.path.name for r in runs)} "
+                  "now; leaving it to that one")
+            return 0
+        return marking_failures(runs, train)
 
 
 def marking_failures(runs: list[RunDir], train: Callable[[], int]) -> int:
@@ -102,46 +122,46 @@ def marking_failures(runs: list[RunDir], train: Callable[[], int]) -> int:
     return code
 
 
-def group_size(experiment: ExperimentConfig) -> int:
+def group_size(experiment: ExperimentConfig, tier: Tier = "swarm") -> int:
     """Proxies per array task / local job (1 without a `proxy:` section, which fails later anyway)."""
-    return experiment.proxy.group_size if experiment.proxy is not None else 1
+    return experiment.tier_settings(tier).group_size if experiment.proxy is not None else 1
 
 
-def task_indices(experiment: ExperimentConfig, task: int) -> list[int]:
-    """The swarm indices array task `task` trains: `task` itself, or the group of G starting there."""
-    size = group_size(experiment)
-    indices = [i for i in swarm_indices(experiment) if task <= i < task + size]
-    if not indices or task not in groups(experiment, indices):
-        raise RegmixError("--task", f"{task} is not the first index of a group of {size} in the swarm "
-                                    f"(tasks: {array_spec(experiment, swarm_indices(experiment))})")
+def task_indices(experiment: ExperimentConfig, task: int, tier: Tier = "swarm") -> list[int]:
+    """The indices array task `task` trains: `task` itself, or the group of G starting there."""
+    size, known = group_size(experiment, tier), swarm_indices(experiment, tier)
+    indices = [i for i in known if task <= i < task + size]
+    if not indices or task not in groups(experiment, indices, tier):
+        raise RegmixError("--task", f"{task} is not the first index of a group of {size} in the {tier} "
+                                    f"(tasks: {array_spec(experiment, known, tier)})")
     return indices
 
 
-def groups(experiment: ExperimentConfig, indices: list[int]) -> dict[int, list[int]]:
+def groups(experiment: ExperimentConfig, indices: list[int], tier: Tier = "swarm") -> dict[int, list[int]]:
     """`indices` split as the array tasks train them: {task (first index of its group): members}.
 
-    Groups are aligned to the swarm's first index, so a task always trains the same members.
+    Groups are aligned to the tier's first index, so a task always trains the same members.
     """
-    size, base = group_size(experiment), min(swarm_indices(experiment))
+    size, base = group_size(experiment, tier), min(swarm_indices(experiment, tier))
     grouped: dict[int, list[int]] = {}
     for i in sorted(indices):
         grouped.setdefault(base + (i - base) // size * size, []).append(i)
     return grouped
 
 
-def array_spec(experiment: ExperimentConfig, indices: list[int]) -> str:
+def array_spec(experiment: ExperimentConfig, indices: list[int], tier: Tier = "swarm") -> str:
     """Slurm's --array value for the tasks that train `indices`: '1-3,7', or '1-497:16' with groups."""
-    size = group_size(experiment)
+    size = group_size(experiment, tier)
     if size == 1:
         return format_ranges(indices)
-    starts = sorted(groups(experiment, indices))
+    starts = sorted(groups(experiment, indices, tier))
     if len(starts) > 1 and starts == list(range(starts[0], starts[-1] + 1, size)):
         return f"{starts[0]}-{starts[-1]}:{size}"
     return ",".join(map(str, starts))
 
 
-def train_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: int) -> list[int]:
-    """Train the given (default: all) proxies here, `jobs` at a time; returns the failed indices.
+def train_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: int, tier: Tier = "swarm") -> list[int]:
+    """Train the given (default: all) proxies of a tier here, `jobs` at a time; returns the failed indices.
 
     Each proxy is its own `regmix-ds proxy` process (one DeepSpeed rank on a free port) with
     the machine's cores shared out, and its output in `proxies/n<i>/proxy.log`.
@@ -149,24 +169,31 @@ def train_swarm(experiment: ExperimentConfig, indices: list[int] | None, jobs: i
     if jobs < 1:
         raise RegmixError("--jobs", f"must be >= 1, got {jobs}")
     experiment.require_proxy()
-    known = swarm_indices(experiment)
+    known, where = swarm_indices(experiment, tier), experiment.work.tier(tier)
     wanted = indices or known
     unknown = sorted(set(wanted) - set(known))
     if unknown:
-        raise RegmixError("--indices", f"not in the swarm: {format_ranges(unknown)}")
-    todo = [i for i in wanted if not experiment.work.proxy(i).is_done()]
-    size = group_size(experiment)
+        raise RegmixError("--indices", f"not in the {tier}: {format_ranges(unknown)}")
+    todo = [i for i in wanted if not where.proxy(i).is_done()]
+    size = group_size(experiment, tier)
     unit = "proxies" if size == 1 else f"groups of up to {size} proxies"
     print(f"run-swarm: {len(wanted) - len(todo)} of {len(wanted)} proxies already done; training {len(todo)}, "
           f"{jobs} {unit} at a time")
+    flags = [] if tier == "swarm" else ["--tier", tier]
     if size == 1:
-        runs = {i: (experiment.work.proxy(i).log, ["--index", str(i)]) for i in todo}
-        return sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
-    grouped = groups(experiment, todo)
-    runs = {start: (experiment.work.group_log(start), ["--indices", format_ranges(members)])
-            for start, members in grouped.items()}
-    failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
-    return sorted(i for start in failed_groups for i in grouped[start] if not experiment.work.proxy(i).is_done())
+        runs = {i: (where.proxy(i).log, ["--index", str(i), *flags]) for i in todo}
+        failed = sorted(run_proxy_processes(experiment, runs, jobs, "proxies"))
+    else:
+        grouped = groups(experiment, todo, tier)
+        runs = {start: (where.group_log(start), ["--indices", format_ranges(members), *flags])
+                for start, members in grouped.items()}
+        failed_groups = run_proxy_processes(experiment, runs, jobs, "proxy groups")
+        failed = sorted(i for start in failed_groups for i in grouped[start] if not where.proxy(i).is_done())
+    elsewhere = [i for i in todo if i not in failed and not where.proxy(i).is_done()]
+    if elsewhere:
+        print(f"run-swarm: proxies {format_ranges(elsewhere)} were being trained by another process; "
+              "`regmix-ds collect` shows when they finish")
+    return failed
 
 
 def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, label: str) -> list:
@@ -196,9 +223,10 @@ def run_proxy_processes(experiment: ExperimentConfig, runs: dict, jobs: int, lab
     return failed
 
 
-def sbatch_line(experiment: ExperimentConfig, indices: list[int], throttle: int) -> str:
-    """The command that trains `indices` as one Slurm job array, at most `throttle` tasks at once."""
-    return f"sbatch --array={array_spec(experiment, indices)}%{throttle} {PROXY_SCRIPT} {experiment.path}"
+def sbatch_line(experiment: ExperimentConfig, indices: list[int], throttle: int, tier: Tier = "swarm") -> str:
+    """The command that trains `indices` of a tier as one Slurm job array, at most `throttle` tasks at once."""
+    line = f"sbatch --array={array_spec(experiment, indices, tier)}%{throttle} {PROXY_SCRIPT} {experiment.path}"
+    return line if tier == "swarm" else f"{line} {tier}"
 
 
 def format_ranges(indices: list[int]) -> str:

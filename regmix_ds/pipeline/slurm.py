@@ -2,10 +2,11 @@
 
 `collect` asks so that a task waiting in the queue is listed as pending, not as missing, and
 the resubmission line it prints covers only what is truly missing or failed. A task belongs to
-the experiment when one of its job's arguments is the experiment's exp.yaml (resolved against
-the job's working directory): `sbatch ... slurm/proxies.sh exp.yaml` is how every array is
-submitted. Without `squeue` (no Slurm here) or when it fails, the answer is None, and callers
-say so rather than guess.
+the experiment's tier when one of its job's arguments is the experiment's exp.yaml (resolved
+against the job's working directory) and the next one names the tier (none for the swarm):
+`sbatch ... slurm/proxies.sh exp.yaml [transfer]` is how every array is submitted. Without
+`squeue` (no Slurm here) or when it fails, the answer is None, and callers say so rather than
+guess.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ PENDING_STATES = {"PENDING", "CONFIGURING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE
 RUNNING_STATES = {"RUNNING", "COMPLETING", "STAGE_OUT", "SIGNALING"}
 
 
-def queued_tasks(config_path: str | os.PathLike) -> dict[int, str] | None:
-    """Array task id -> 'pending' or 'running' for the tasks Slurm holds that train `config_path`;
-    None when Slurm cannot be asked."""
+def queued_tasks(config_path: str | os.PathLike, tier: str = "swarm") -> dict[int, str] | None:
+    """Array task id -> 'pending' or 'running' for the tasks Slurm holds that train `config_path`'s
+    `tier`; None when Slurm cannot be asked."""
     if shutil.which("squeue") is None:
         return None
     try:
@@ -32,29 +33,32 @@ def queued_tasks(config_path: str | os.PathLike) -> dict[int, str] | None:
         return None
     if listing.returncode != 0:
         return None
-    return tasks_of(listing.stdout, Path(config_path))
+    return tasks_of(listing.stdout, Path(config_path), tier)
 
 
-def tasks_of(squeue_output: str, config: Path) -> dict[int, str]:
-    """The tasks in `squeue -r -o SQUEUE_FORMAT` output whose job names `config` among its arguments."""
+def tasks_of(squeue_output: str, config: Path, tier: str = "swarm") -> dict[int, str]:
+    """The tasks in `squeue -r -o SQUEUE_FORMAT` output whose job trains `tier` of the experiment `config`."""
     tasks: dict[int, str] = {}
     for line in squeue_output.splitlines():
         fields = line.split("|", 3)
         if len(fields) != 4 or not fields[0].isdigit():
             continue  # not an array task (a plain job has task id N/A)
         task, state, workdir, command = fields
-        if state in PENDING_STATES | RUNNING_STATES and _names(command, Path(workdir), config):
+        if state in PENDING_STATES | RUNNING_STATES and _trains(command, Path(workdir), config, tier):
             tasks[int(task)] = "running" if state in RUNNING_STATES else "pending"
     return tasks
 
 
-def _names(command: str, workdir: Path, config: Path) -> bool:
-    """Whether one of the command's words is the file `config` (relative words against `workdir`)."""
-    for word in command.split()[1:]:
+def _trains(command: str, workdir: Path, config: Path, tier: str) -> bool:
+    """Whether the command's arguments are `config` (relative words against `workdir`) and then `tier`
+    (nothing for the swarm)."""
+    words = command.split()[1:]
+    for position, word in enumerate(words):
         candidate = Path(word) if os.path.isabs(word) else workdir / word
         try:
             if candidate.is_file() and os.path.samefile(candidate, config):
-                return True
+                after = words[position + 1] if position + 1 < len(words) else "swarm"
+                return after == tier
         except OSError:
             continue
     return False

@@ -17,7 +17,7 @@ import io
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ import numpy as np
 
 from regmix_ds.core.config import ExperimentConfig, SwarmConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import write_json_atomic, write_text_atomic
+from regmix_ds.core.files import replace_directory, write_json_atomic, write_text_atomic
 from regmix_ds.core.layout import SwarmDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture, read_prior
@@ -89,42 +89,61 @@ def sample_swarm(
     _check_feasible(shares, config, bound)
 
     rng = np.random.default_rng(config.seed)
-    base = _tempered(shares, config.temperature)
-    grid = np.geomspace(config.min_strength, config.max_strength, config.strength_steps)
-    kept = _DistinctRows(config.n, len(domains), config.dedup_distance)
-    draws, budget = 0, DRAWS_PER_MIXTURE * config.n
-    while not kept.full and draws < budget:
-        size = min(DRAW_BATCH, budget - draws)
-        candidates, strengths = _draw(rng, base, grid, size, config.min_weight)
-        within = np.all(candidates <= bound, axis=1)  # NaN rows (all weights under min) fail too
-        for index in np.flatnonzero(within):
-            kept.offer(candidates[index], strengths[index])
-            if kept.full:
-                size = int(index) + 1  # the rest of the batch was never looked at
-                break
-        draws += size
-    if not kept.full:
-        raise Invalid(
-            SwarmConfig, "n",
-            f"found only {kept.count} distinct mixtures within the usage caps in {draws} draws, "
-            f"{config.n} requested: ask for fewer, lower dedup_distance or loosen cap/max_epochs",
-        )
+    prior_draws = prior_proposal(rng, shares, config)
+    kept = DistinctRows(config.n, len(domains), config.dedup_distance)
+    draws = fill(kept, prior_draws, bound, config.n)
     return Swarm(domains, kept.rows, kept.strengths, draws)
 
 
-class _DistinctRows:
-    """Up to `n` kept mixtures, none within `distance` (L1) of another."""
+def prior_proposal(rng: np.random.Generator, shares: np.ndarray, config: SwarmConfig) -> Proposal:
+    """Round 1's draws: Dirichlet(strength x prior^temperature), strength from the log-spaced grid."""
+    base = _tempered(shares, config.temperature)
+    grid = np.geomspace(config.min_strength, config.max_strength, config.strength_steps)
+    return lambda size: _draw(rng, base, grid, size, config.min_weight)
 
-    def __init__(self, n: int, width: int, distance: float):
+
+Proposal = Callable[[int], tuple[np.ndarray, np.ndarray]]
+"""size -> (`size` candidate mixtures, the Dirichlet strength of each)."""
+
+
+def fill(kept: DistinctRows, propose: Proposal, bound: np.ndarray, until: int) -> int:
+    """Offer `propose`'s candidates inside `bound` to `kept` until it holds `until` mixtures; the draws it took.
+
+    Gives up (one clear error) after DRAWS_PER_MIXTURE candidates per wanted mixture: a cap or a
+    dedup distance that is too tight for the count asked.
+    """
+    draws, budget = 0, DRAWS_PER_MIXTURE * until
+    while kept.count < until and draws < budget:
+        size = min(DRAW_BATCH, budget - draws)
+        candidates, strengths = propose(size)
+        within = np.all(candidates <= bound, axis=1)  # NaN rows (all weights under min) fail too
+        for index in np.flatnonzero(within):
+            kept.offer(candidates[index], strengths[index])
+            if kept.count == until:
+                size = int(index) + 1  # the rest of the batch was never looked at
+                break
+        draws += size
+    if kept.count < until:
+        raise Invalid(
+            SwarmConfig, "n",
+            f"found only {kept.count} distinct mixtures within the usage caps in {draws} draws, "
+            f"{until} requested: ask for fewer, lower dedup_distance or loosen cap/max_epochs",
+        )
+    return draws
+
+
+class DistinctRows:
+    """Up to `n` kept mixtures, none within `distance` (L1) of another or of an `earlier` one."""
+
+    def __init__(self, n: int, width: int, distance: float, earlier: np.ndarray | None = None):
         self.rows, self.strengths = np.empty((n, width)), np.empty(n)
         self.count, self.distance = 0, distance
-
-    @property
-    def full(self) -> bool:
-        return self.count == len(self.rows)
+        self.earlier = np.empty((0, width)) if earlier is None else earlier
 
     def offer(self, row: np.ndarray, strength: float) -> None:
-        if self.count and np.abs(self.rows[: self.count] - row).sum(axis=1).min() < self.distance:
+        """Keep `row` unless it is a near-duplicate."""
+        seen = np.concatenate([self.earlier, self.rows[: self.count]])
+        if len(seen) and np.abs(seen - row).sum(axis=1).min() < self.distance:
             return
         self.rows[self.count], self.strengths[self.count] = row, strength
         self.count += 1
@@ -163,12 +182,12 @@ def _draw(
     return candidates, grid[picks]
 
 
-def swarm_csv(swarm: Swarm, mixtures: list[Mixture]) -> str:
+def swarm_csv(domains: tuple[str, ...], mixtures: list[Mixture]) -> str:
     """RegMix's table layout: `index` (1..N), then one column per domain, full float precision."""
     out = io.StringIO()
-    out.write(",".join(("index", *swarm.domains)) + "\n")
+    out.write(",".join(("index", *domains)) + "\n")
     for i, mixture in enumerate(mixtures, start=1):
-        out.write(",".join([str(i), *(repr(float(w)) for w in mixture.vector(swarm.domains))]) + "\n")
+        out.write(",".join([str(i), *(repr(float(w)) for w in mixture.vector(domains))]) + "\n")
     return out.getvalue()
 
 
@@ -176,24 +195,47 @@ def write_swarm(
     swarm: Swarm, out_dir: str | os.PathLike, config: SwarmConfig, prior: Mapping[str, float],
     tokens: Mapping[str, int] | None = None, force: bool = False,
 ) -> Path:
-    """Write the swarm directory at once: staged next to `out_dir`, renamed into place, so a
-    failure leaves nothing and a reader never sees half a swarm."""
-    out_dir = Path(out_dir)
-    check_destination(out_dir, force)
+    """Write the swarm directory at once: n<i>.json, swarm.csv and settings.json."""
     config = config.resolved()
-    mixtures = swarm.mixtures()
+    members = [(mixture, {"index": i, "strength": float(strength), "seed": config.seed, "preset": config.preset,
+                          "round": 1})
+               for i, (mixture, strength) in enumerate(zip(swarm.mixtures(), swarm.strengths), start=1)]
+    return write_mixtures(Path(out_dir), members, _settings_record(swarm, config, prior, tokens), force)
+
+
+def write_mixtures(out_dir: Path, members: list[tuple[Mixture, dict[str, Any]]], settings: Mapping[str, Any],
+                   force: bool = False) -> Path:
+    """A directory of mixtures n1..nN (each file with its metadata), their table and `settings`,
+    staged next to `out_dir` and renamed into place: a failure leaves nothing and a reader never
+    sees half of it."""
+    check_destination(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = SwarmDir(Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".tmp")))
     try:
-        for i, (mixture, strength) in enumerate(zip(mixtures, swarm.strengths), start=1):
-            mixture.save(staging.mixture(i), index=i, strength=float(strength), seed=config.seed, preset=config.preset)
-        write_text_atomic(staging.table, swarm_csv(swarm, mixtures))
-        write_json_atomic(staging.settings, _settings_record(swarm, config, prior, tokens))
-        _move_into_place(staging.path, out_dir, force)
+        for i, (mixture, metadata) in enumerate(members, start=1):
+            mixture.save(staging.mixture(i), **metadata)
+        mixtures = [mixture for mixture, _ in members]
+        write_text_atomic(staging.table, swarm_csv(mixtures[0].domains, mixtures))
+        write_json_atomic(staging.settings, dict(settings))
+        move_into_place(staging.path, out_dir, force)
     except BaseException:
         shutil.rmtree(staging.path, ignore_errors=True)
         raise
     return out_dir
+
+
+def earlier_rounds(swarm_dir: SwarmDir, domains: tuple[str, ...]) -> tuple[list[int], np.ndarray, list[int]]:
+    """An existing swarm's indices, its mixtures as rows in `domains` order, and each one's round."""
+    indices = swarm_dir.indices()
+    if not indices:
+        raise RegmixError(swarm_dir.path, "no swarm here to add a round to; run `regmix-ds swarm --config ...` first")
+    rows, rounds = [], []
+    for index in indices:
+        mixture, metadata = Mixture.load_with_metadata(swarm_dir.mixture(index))
+        mixture.check_domains(domains, swarm_dir.mixture(index))
+        rows.append(mixture.vector(domains))
+        rounds.append(int(metadata.get("round", 1)))
+    return indices, np.array(rows), rounds
 
 
 def check_destination(out_dir: Path, force: bool) -> None:
@@ -204,15 +246,10 @@ def check_destination(out_dir: Path, force: bool) -> None:
         raise RegmixError(out_dir, "already exists and is not empty; pass --force to replace it")
 
 
-def _move_into_place(staging: Path, out_dir: Path, force: bool) -> None:
+def move_into_place(staging: Path, out_dir: Path, force: bool) -> None:
+    """Rename the staged directory to `out_dir`, replacing an existing one only when forced."""
     check_destination(out_dir, force)
-    if not out_dir.exists() or not any(out_dir.iterdir()):
-        os.replace(staging, out_dir)  # rename(2) also replaces an empty directory
-        return
-    old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.", suffix=".old"))
-    os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    shutil.rmtree(old)
+    replace_directory(staging, out_dir)
 
 
 def _settings_record(

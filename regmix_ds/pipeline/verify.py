@@ -3,20 +3,22 @@
 The regression only predicts. Here the chosen mixture (best.json) and the natural one (each
 domain's share of the training tokens) are trained as two more proxies with exactly the
 swarm's settings, optionally with a reference mixture too (the synthetic corpus's
-`truth.json`), and their measured target loss is set beside the best and the median swarm
+`target_composition.json`), and their measured target loss is set beside the best and the median swarm
 member's. Output: `verify.json` and `summary.md` (a markdown table) in the report folder.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 from regmix_ds.core.config import ExperimentConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import read_json, write_json_atomic, write_text_atomic
+from regmix_ds.core.files import OutputSet, read_json
 from regmix_ds.core.layout import RunDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
+from regmix_ds.pipeline.oracle import load_result
 from regmix_ds.pipeline.proxies import run_proxy_processes
 from regmix_ds.regress.tables import Target, read_results
 
@@ -29,31 +31,50 @@ class Row:
     target_loss: float
     mixture: dict[str, float]
     note: str = ""
+    regret: float | None = None
+    """Its target loss minus the oracle search's best (with an oracle)."""
 
 
 def verification_mixtures(experiment: ExperimentConfig, reference: Path | None) -> dict[str, Mixture]:
-    """The mixtures to train: chosen (best.json), natural (token shares), and the reference."""
+    """The mixtures to train: chosen (best.json), natural (token shares), and the reference, named
+    by its file (`target_composition.json` is the row "target composition")."""
     manifest = Manifest.load(experiment.work.manifest)
     mixtures = {
         "chosen": Mixture.load(experiment.work.best),
         "natural": Mixture.from_weights(manifest.token_prior(), source=experiment.work.manifest),
     }
     if reference is not None:
-        mixtures["reference"] = Mixture.load(reference)
+        label = reference.stem.replace("_", " ")
+        mixtures[label if label not in mixtures else "reference"] = Mixture.load(reference)
     for name, mixture in mixtures.items():
         mixture.check_domains(manifest.domains, f"{name} mixture")
     return mixtures
 
 
-def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None = None, jobs: int = 2) -> list[Row]:
-    """Train the verification proxies (finished ones are reused) and compare them with the swarm."""
+def verify(experiment: ExperimentConfig, out_dir: Path, reference: Path | None = None, jobs: int = 2,
+           oracle: Path | None = None) -> list[Row]:
+    """Train the verification proxies (finished ones are reused) and compare them with the swarm
+    (and, given an oracle search's result, each one's regret against its best loss)."""
     if not experiment.fit.target:
         raise RegmixError(f"{experiment.path}: fit.target", "required: the loss the chosen mixture is judged by")
     target = Target.parse(experiment.fit.target, "fit.target")
+    answer = load_result(oracle) if oracle is not None else None
     runs = train_verification_runs(experiment, verification_mixtures(experiment, reference), jobs)
     rows = verification_rows(experiment, runs, target)
+    if answer is not None:
+        rows = with_regret(rows, answer)
     _write(out_dir, rows, experiment.fit.target)
     return rows
+
+
+def with_regret(rows: list[Row], answer: dict) -> list[Row]:
+    """Each row's regret against the oracle's best measured loss, and the oracle's own row."""
+    best = float(answer["target_loss"])
+    scored = [dataclasses.replace(row, regret=row.target_loss - best,
+                                  note=f"{row.note}; regret {row.target_loss - best:+.4f}".lstrip("; "))
+              for row in rows]
+    oracle_row = Row("oracle search", best, dict(answer["weights"]), f"best of {answer['proxies']} proxies", 0.0)
+    return scored + [oracle_row]
 
 
 def train_verification_runs(experiment: ExperimentConfig, mixtures: dict[str, Mixture], jobs: int) -> dict[str, RunDir]:
@@ -116,5 +137,6 @@ def _write(out_dir: Path, rows: list[Row], target_name: str) -> None:
         lines.append(f"| {row.name} | {row.target_loss:.4f} | {weights} | {row.note} |")
     table = "\n".join(lines)
     print(table)
-    write_text_atomic(out_dir / "summary.md", f"# RegMix verification\n\n{table}\n")
-    write_json_atomic(out_dir / "verify.json", [row.__dict__ for row in rows])
+    with OutputSet([out_dir / "summary.md", out_dir / "verify.json"]) as out:
+        out.write_text(out_dir / "summary.md", f"# RegMix verification\n\n{table}\n")
+        out.write_json(out_dir / "verify.json", [row.__dict__ for row in rows])

@@ -5,7 +5,11 @@
   one panel per surrogate tried, side by side, the kept one marked;
 * `weights.png` (with one or more best.json): the chosen weight of every domain with its
   bootstrap interval, next to the prior; several best.json (say one per surrogate) side by side;
-* `domain_vs_target.png`: each domain's weight against the target across the proxy runs.
+* `domain_vs_target.png`: each domain's weight against the target across the proxy runs;
+* `rounds.png` (a swarm of more than one round): each run's target by swarm index, coloured by
+  round, with the best so far: what each `swarm --next-round` bought;
+* `transfer.png` (with a transfer.json): the small proxies' target loss against the larger
+  ones' for the mixtures trained at both sizes, the verdict as its title.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from regmix_ds.core.files import atomic_output, read_json
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.regress.fit import FittedModel, format_quality, quality, read_cv_predictions
+from regmix_ds.regress.tables import run_rounds
 
 PANEL_COLUMNS = 4
 
@@ -116,8 +121,50 @@ def domain_vs_target(domains: tuple[str, ...], weights: np.ndarray, target: np.n
     return figure
 
 
+def round_progress(index: Sequence[str], rounds: Mapping[str, int], target: np.ndarray, label: str):
+    """Each run's target by swarm index, one colour per round, and the best found so far."""
+    order = np.argsort([int(i) for i in index])
+    members = np.array([int(index[i]) for i in order])
+    values, run_round = target[order], np.array([rounds[index[i]] for i in order])
+    figure = Figure(figsize=(7, 4.5))
+    axes = figure.subplots()
+    for round_ in sorted(set(run_round.tolist())):
+        chosen = run_round == round_
+        axes.scatter(members[chosen], values[chosen], s=14, label=f"round {round_} ({chosen.sum()} runs)")
+    axes.step(members, np.minimum.accumulate(values), where="post", color="black", lw=1, label="best so far")
+    axes.set(xlabel="swarm member", ylabel=label, title="What each round found")
+    axes.legend()
+    return figure
+
+
+def transfer_scatter(comparison: Mapping):
+    """Small proxies' target loss against the larger ones' for the mixtures trained at both sizes."""
+    pairs = comparison["paired_losses"]
+    small = np.array([pair["small"] for pair in pairs.values()])
+    large = np.array([pair["large"] for pair in pairs.values()])
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
+    axes.scatter(small, large, s=18)
+    axes.set(xlabel=f"{comparison['target']} (swarm proxies)", ylabel=f"{comparison['target']} (larger proxies)")
+    axes.set_title(comparison["verdict"], fontsize=8, wrap=True)
+    return figure
+
+
+def _transfer_comparison(path: str | os.PathLike) -> dict:
+    comparison = read_json(path)
+    if not isinstance(comparison, dict) or not {"paired_losses", "verdict", "target"} <= comparison.keys():
+        raise RegmixError(path, "not a transfer.json of regmix-ds transfer")
+    pairs = comparison["paired_losses"]
+    if not isinstance(pairs, dict) or not all(
+            isinstance(p, dict) and all(isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool)
+                                        for k in ("small", "large")) for p in pairs.values()):
+        raise RegmixError(path, "paired_losses must map each mixture to numbers 'small' and 'large'")
+    return comparison
+
+
 def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
-           best_paths: Sequence[str | os.PathLike] | str | os.PathLike | None = None) -> list[Path]:
+           best_paths: Sequence[str | os.PathLike] | str | os.PathLike | None = None,
+           transfer: str | os.PathLike | None = None) -> list[Path]:
     """Write the report's PNGs into `out_dir`; inputs are all read before the first one is written."""
     fitted = FittedModel.load(model_dir)
     measured, columns = read_cv_predictions(model_dir)
@@ -129,6 +176,9 @@ def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
         mixture = Mixture.load(path)
         mixture.check_domains(fitted.domains, path)
         bests.append((read_json(path), mixture))
+    comparison = _transfer_comparison(transfer) if transfer is not None else None
+    results = fitted.inputs.get("results")
+    rounds = run_rounds(results["path"]) if results is not None else {}
     if len(measured) != len(target):
         raise RegmixError(FitDir(Path(model_dir)).cv_predictions, "does not match the training runs; fit again")
     label = fitted.target.label
@@ -140,4 +190,9 @@ def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     ]
     if bests:
         written.append(_save(chosen_weights(*bests[0], compared=bests[1:]), out_dir / "weights.png"))
+    if len(set(rounds.values())) > 1:
+        index = fitted.training_table().mixtures.index
+        written.append(_save(round_progress(index, rounds, target, label), out_dir / "rounds.png"))
+    if comparison is not None:
+        written.append(_save(transfer_scatter(comparison), out_dir / "transfer.png"))
     return written

@@ -53,7 +53,7 @@ from regmix_ds.regress.fit import FittedModel
 from regmix_ds.regress.intervals import bootstrap_interval, weight_intervals
 from regmix_ds.regress.proposer import SLACK, Guard, Proposal, Region, meets_all, minimise, top_k
 from regmix_ds.regress.surrogates import Surrogate
-from regmix_ds.regress.tables import domain_mismatch, prior_by_domain
+from regmix_ds.regress.tables import domain_mismatch, prior_by_domain, runs_per_round
 
 
 @dataclass(frozen=True)
@@ -301,6 +301,9 @@ def best_json_metadata(
         "model": {"dir": str(Path(fitted.path).resolve()), "regressor": fitted.model.regressor, "trees": fitted.trees},
         "inputs": dict(inputs),
     }
+    if "results" in fitted.inputs:
+        # The runs of every swarm round the fit used: {round: runs} (a round 1 alone before `--next-round`).
+        metadata["rounds"] = {str(r): n for r, n in runs_per_round(fitted.inputs["results"]["path"]).items()}
     if result.guardrails is not None:
         metadata["guardrails"] = result.guardrails
     return metadata

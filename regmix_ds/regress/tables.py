@@ -249,6 +249,26 @@ def read_results(path: str | os.PathLike) -> RunTable:
     return RunTable(weights, values, names, str(path), _provenance(results=path))
 
 
+def run_rounds(path: str | os.PathLike) -> dict[str, int]:
+    """Index -> swarm round of each done run of our `results.csv` (a table from before rounds: all round 1)."""
+    header, body = _read_csv(path)
+    status, index = header.index("status"), header.index(INDEX)
+    column = header.index("round") if "round" in header else None
+    return {row[index].strip(): _round_number(row[column], path) if column is not None else 1
+            for row in body if row[status].strip() == "done"}
+
+
+def runs_per_round(path: str | os.PathLike) -> dict[int, int]:
+    """Round -> done runs of our `results.csv`."""
+    return dict(sorted(Counter(run_rounds(path).values()).items()))
+
+
+def _round_number(cell: str, path: str | os.PathLike) -> int:
+    if not cell.strip().isdigit() or int(cell) < 1:
+        raise RegmixError(path, f"round {cell!r} is not a positive integer")
+    return int(cell)
+
+
 def prior_by_domain(path: str | os.PathLike) -> dict[str, float]:
     """A prior file (`core.mixture.read_prior`) keyed by domain names as the tables name them
     (`train_the_pile_unzip_pile_cc` -> `pile_cc`, like a weight column)."""

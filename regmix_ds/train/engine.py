@@ -35,8 +35,9 @@ from typing import Any, NoReturn
 import torch
 
 from regmix_ds.core import faults
+from regmix_ds.core.dsconfig import DeepSpeedSettings
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import entries, read_json, size_or_none, write_json_atomic
+from regmix_ds.core.files import entries, one_line, read_json, size_or_none, write_json_atomic
 from regmix_ds.core.names import check_safe_name
 
 DEFAULT_PORT = 29500
@@ -44,7 +45,8 @@ COMPLETE_MARKER = "complete.json"
 """Written into a checkpoint directory after every rank's save returned: no marker, no resume.
 It lists every file of the checkpoint with its size, so a lost or cut shard is found before
 DeepSpeed reads anything."""
-TAG_PATTERN = re.compile(r"^step(\d{8})$")
+TAG_PATTERN = re.compile(r"step(\d{8})")
+"""Matched in full (`fullmatch`)."""
 MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
 SHM_BUFFER = "/dev/shm/deepspeed_allreduce_buffer_{uid}_{addr}_{port}_{rank}"
 
@@ -181,6 +183,30 @@ def init_distributed(dist_env: DistEnv) -> None:
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
 
 
+def check_settings(settings: DeepSpeedSettings) -> None:
+    """Have DeepSpeed's own config classes read `settings` now, before any process group or file:
+    an unknown ZeRO key or a wrong type is then a one-line error naming the file, not a pydantic
+    report seconds into start-up."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    try:
+        # Resolved for one rank: before the process group exists DeepSpeedConfig takes the world
+        # to be 1 and would refuse the real world's batch size; that arithmetic is `for_world`'s own.
+        DeepSpeedConfig(settings.for_world(1))
+    except Exception as err:
+        raise RegmixError(settings.path, f"DeepSpeed refuses this config: {_first_problem(err)}") from None
+
+
+def _first_problem(err: Exception) -> str:
+    """A pydantic report's first error as `section.key: message`, else the exception's first line."""
+    errors = getattr(err, "errors", None)
+    if callable(errors):
+        first = errors()[0]
+        section = getattr(err, "title", "")
+        return one_line(f"{section} {'.'.join(map(str, first['loc']))}: {first['msg']}")
+    return one_line(str(err).splitlines()[0] if str(err) else type(err).__name__)
+
+
 def initialize(model: torch.nn.Module, param_groups: list[dict], settings: dict) -> Any:
     """Wrap `model` in a DeepSpeed engine; the optimizer comes from `settings` (already resolved)."""
     import deepspeed
@@ -259,7 +285,7 @@ def save_checkpoint(engine: Any, root: Path, step: int, client_state: dict, is_m
 
 def complete_checkpoints(root: Path) -> list[Path]:
     """Checkpoint directories under `root` whose save finished, oldest first."""
-    found = [p for p in entries(root) if TAG_PATTERN.match(p.name) and (p / COMPLETE_MARKER).is_file()]
+    found = [p for p in entries(root) if TAG_PATTERN.fullmatch(p.name) and (p / COMPLETE_MARKER).is_file()]
     return sorted(found, key=lambda p: p.name)
 
 

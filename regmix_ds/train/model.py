@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from regmix_ds.core.config import ModelShape
+from regmix_ds.core.files import replace_directory
 
 if TYPE_CHECKING:  # transformers takes seconds to import: only the functions that build models load it
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -126,5 +127,4 @@ def save_hf_model(
     shell.load_state_dict(state_dict, assign=True)
     shell.save_pretrained(staging)
     AutoTokenizer.from_pretrained(tokenizer_path).save_pretrained(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(staging, out_dir)
+    replace_directory(staging, out_dir)

@@ -193,13 +193,20 @@ def run_record(plan: RunPlan, dist_env: engine.DistEnv, settings: dict, params: 
     }
 
 
+def checked_plan(config: TrainConfig, world_size: int) -> RunPlan:
+    """The run's plan once every input and DeepSpeed setting is checked; writes nothing."""
+    plan = plan_run(config, world_size)
+    engine.check_settings(plan.deepspeed)
+    return plan
+
+
 def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
     """Run (or resume, or skip when finished) one training run; returns the process exit code.
 
     Everything that can reject the input runs before the process group starts, identically
     on every rank, so a bad flag ends every rank with exit 2 instead of leaving one waiting.
     """
-    plan = plan_run(config, dist_env.world_size)
+    plan = checked_plan(config, dist_env.world_size)
     start = decide_start(plan)
     if start == "done":
         if dist_env.is_main:

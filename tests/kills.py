@@ -1,0 +1,75 @@
+"""Stop a stage at every point between its file operations in turn, and read back what it left.
+
+A stage (fit, simulate, prepare, ...) promises that its outputs are the old set or the new one,
+whole, whatever instant it is killed at. `kill_everywhere` checks that promise exhaustively:
+it runs the stage once to learn the new outputs, then again and again with the fault `*@n`
+(`core.faults`: SIGKILL at the n-th fault point of any kind: every temporary file opened,
+written, staged, every journal and every rename of a commit) for n = 1, 2, ... until a run
+finishes before its n-th point. After each kill it reads the outputs back through our own
+reader (which finishes a commit the kill interrupted, as the next command would) and requires
+them to equal the old set or the new one. Each attempt is a fork of this process, so a kill
+costs the stage's own work, not an interpreter start.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from regmix_ds.core import faults
+from regmix_ds.core.files import settle
+
+
+def snapshot(outputs: list[Path]) -> dict[str, bytes | None]:
+    """Each output's bytes (None: absent), read as the next command would find them."""
+    for path in outputs:
+        settle(path)
+    return {str(path): path.read_bytes() if path.is_file() else None for path in outputs}
+
+
+def run_forked(stage: Callable[[], object], fault: str | None) -> bool:
+    """Run `stage` in a forked child with `fault` armed; True when the fault killed it."""
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 0
+        try:
+            faults.arm(fault)
+            stage()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
+        return True
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the stage failed (status {status}) under {fault}"
+    return False
+
+
+def kill_everywhere(stage: Callable[[], object], outputs: list[Path], reset: Callable[[], None],
+                    limit: int = 400) -> int:
+    """Kill `stage` at each of its fault points in turn; returns how many points it has.
+
+    `reset` puts the inputs and the old outputs back before each run; outputs must come out
+    byte-identical from two uninterrupted runs (the stage is deterministic).
+    """
+    reset()
+    old = snapshot(outputs)
+    assert not run_forked(stage, None)
+    new = snapshot(outputs)
+    assert new != old, "the stage changed none of its outputs: nothing to test"
+    for n in range(1, limit + 1):
+        reset()
+        killed = run_forked(stage, f"{faults.ANY}@{n}")
+        left = snapshot(outputs)
+        if left != old and left != new:
+            mixed = sorted(path for path in left if left[path] != new[path] and left[path] != old[path])
+            torn = mixed or sorted(path for path in left if left[path] != old[path])
+            raise AssertionError(f"killed at fault point {n}: outputs are neither the old set nor the new one "
+                                 f"(differing: {', '.join(Path(p).name for p in torn)})")
+        if not killed:
+            assert n > 1, "the stage reached no fault point: no kill was tested"
+            return n - 1
+    raise AssertionError(f"the stage still reached fault point {limit}: raise the limit")
