@@ -9,8 +9,9 @@ from regmix_ds.core.dsconfig import load_ds_config
 from regmix_ds.core.manifest import FORMAT as MANIFEST_FORMAT
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.regress.fit import FittedModel, fit
-from regmix_ds.regress.simulate import draw_candidates, resolve_prior, simulate
+from regmix_ds.regress.simulate import draw_candidates, resolve_prior, run_simulate, simulate
 from regmix_ds.regress.tables import Target, prior_by_domain, read_regmix_tables
+from tests.kills import kill_everywhere
 
 SMALL = {"candidates": 50_000, "bootstrap": 3}
 
@@ -235,3 +236,27 @@ def test_guardrails_and_proposers_refuse_what_they_cannot_do(guarded_model, ligh
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and problem in err, err
     assert not (tmp_path / "best.json").exists()
+
+
+def test_best_json_and_its_deepspeed_config_are_replaced_together_at_any_kill(linear_model, regmix_data, tmp_path):
+    """SIGKILL at every fault point of a simulate run (staged writes, journals, the commit marker,
+    each rename): best.json and the launch config are both the old answer or both the new one."""
+    out, launch = tmp_path / "best.json", tmp_path / "launch.json"
+    config = write_zero3(tmp_path / "zero3.json")
+
+    def simulate_with(seed):
+        settings = SimulateConfig(candidates=2000, top_k=16, bootstrap=2, seed=seed)
+        return lambda: run_simulate(linear_model, out, settings, regmix_data / "token_prior.yaml",
+                                    deepspeed_config=config, out_config=launch, progress=False)
+
+    simulate_with(0)()
+    old = {path: path.read_bytes() for path in (out, launch)}
+
+    def reset():
+        for leftover in tmp_path.glob(".*"):  # a killed run's staged files, journals and marker
+            leftover.unlink()
+        for path, content in old.items():
+            path.write_bytes(content)
+
+    points = kill_everywhere(simulate_with(1), [out, launch], reset)
+    assert points >= 7  # two staged writes, two journals (each opened and written), the marker, two renames

@@ -43,7 +43,7 @@ import numpy as np
 from regmix_ds.core.config import SimulateConfig
 from regmix_ds.core.dsconfig import load_ds_config, with_mixture
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import file_hash, write_json_atomic
+from regmix_ds.core.files import OutputSet, file_hash
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
@@ -337,7 +337,13 @@ def run_simulate(
         if path is not None:
             inputs[role] = {"path": str(Path(path).resolve()), "sha256": file_hash(path)}
     result = simulate(fitted, prior, settings, manifest, progress, reference)
-    result.mixture.save(out, **best_json_metadata(result, fitted, settings, inputs, prior_source))
-    if ds_config is not None:
-        write_json_atomic(out_config, with_mixture(ds_config.settings, result.mixture, source=str(out)))
+    best = result.mixture.to_json(**best_json_metadata(result, fitted, settings, inputs, prior_source))
+    outputs = [Path(out)] + ([Path(out_config)] if out_config is not None else [])
+    input_paths = [sidecar] + [path for _, path in paths if path is not None]
+    # best.json and the DeepSpeed config carrying its weights are one set: killed at any instant,
+    # both are the old answer or both the new one, never two different mixtures.
+    with OutputSet(outputs, inputs=input_paths) as staged:
+        staged.write_json(Path(out), best)
+        if ds_config is not None:
+            staged.write_json(Path(out_config), with_mixture(ds_config.settings, result.mixture, source=str(out)))
     return result
