@@ -252,3 +252,30 @@ def test_a_model_json_from_before_the_surrogate_family_still_loads(fixture, requ
     weights, _ = new.training_data()
     np.testing.assert_array_equal(old.model.predict(weights), new.model.predict(weights))
     assert old.losses == old.candidates == ()
+
+
+def test_a_fit_killed_at_any_instant_leaves_the_old_fit_or_the_new_one_whole(regmix_data, tmp_path):
+    """SIGKILL at every fault point of the writing: model, report and predictions always agree."""
+    from regmix_ds.core.config import FitConfig
+    from regmix_ds.regress.fit import fit
+    from tests.kills import kill_everywhere
+
+    table = read_regmix_tables(regmix_data / "data/train_mixture_1m.csv", regmix_data / "data/train_pile_loss_1m.csv")
+    out = tmp_path / "fit"
+    files = FitDir(out)
+
+    def fit_with(seed):
+        return lambda: fit(table, Target.parse("pile_cc"), FitConfig(regressor="linear", folds=3, seed=seed), out)
+
+    fit_with(0)()
+    outputs = [files.sidecar, files.report, files.cv_predictions]
+    old = {path: path.read_bytes() for path in outputs}
+
+    def reset():
+        for leftover in out.glob(".*"):  # a killed fit's staged files, journals and marker
+            leftover.unlink()
+        for path, content in old.items():
+            path.write_bytes(content)
+
+    assert kill_everywhere(fit_with(1), outputs, reset) >= 10  # three staged, three journals, the marker, renames
+    FittedModel.load(out)  # and what is left loads

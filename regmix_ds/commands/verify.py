@@ -20,8 +20,8 @@ def register(subparsers) -> None:
     parser.add_argument("--out", help="report folder (default <work_dir>/report)")
     parser.add_argument("--jobs", type=bounded(int, low=1, high=MAX_JOBS), default=2,
                         help="proxies trained at once (default 2)")
-    parser.add_argument("--oracle", help="an oracle search's oracle.json (benchmarks/rounds.py writes one per corpus seed): report each "
-                        "mixture's regret against its best measured loss")
+    parser.add_argument("--oracle", help="an oracle search's oracle.json (benchmarks/rounds.py writes one per "
+                        "corpus seed): report each mixture's regret against its best measured loss")
     parser.set_defaults(run=run)
 
 

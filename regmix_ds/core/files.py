@@ -160,6 +160,13 @@ class OutputSet:
             _unlink_quietly(staged)
 
 
+def write_set(texts: Mapping[Path, str], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Write every `path -> text` of `texts` (UTF-8) as one `OutputSet`: all new or all old."""
+    with OutputSet(texts, inputs=inputs) as out:
+        for path, text in texts.items():
+            out.write_text(path, text)
+
+
 def _journal_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.commit")
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -45,7 +46,7 @@ from scipy import stats
 
 from regmix_ds.core.config import FitConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import atomic_output, file_hash, read_json, write_json_atomic, write_text_atomic
+from regmix_ds.core.files import atomic_output, file_hash, json_text, read_json, settle, write_set
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.settings import Invalid, load_section
 from regmix_ds.regress.gp import GaussianProcess
@@ -187,13 +188,17 @@ class FittedModel:
             data["bagged"] = {"members": self.settings.members, "member_trees": self.model.member_trees}
         return data
 
-    def save(self, out_dir: str | Path) -> None:
-        """Writes model.txt (trees) then model.json, whose hash ties the two together."""
+    def rendered(self, out_dir: str | Path) -> dict[Path, str]:
+        """model.txt (trees) and model.json as text by path; model.json's hash ties the two together."""
         files = FitDir(Path(out_dir))
         booster_text = self.model.booster.model_to_string() if isinstance(self.model, TreeModel) else None
-        if booster_text is not None:
-            write_text_atomic(files.booster, booster_text)
-        write_json_atomic(files.sidecar, self.sidecar(booster_text, files))
+        texts = {files.booster: booster_text} if booster_text is not None else {}
+        texts[files.sidecar] = json_text(files.sidecar, self.sidecar(booster_text, files))
+        return texts
+
+    def save(self, out_dir: str | Path) -> None:
+        """Writes model.txt and model.json as one set."""
+        write_set(self.rendered(out_dir))
 
     @classmethod
     def load(cls, model_dir: str | Path) -> FittedModel:
@@ -286,8 +291,12 @@ def fit(
                   for name in table.losses}
     result = FitResult(chosen, tried, losses, measured)
     report = fit_report(result, table, target, settings, held_out)
-    _write(result, table, target, settings, FitDir(Path(out_dir)))
-    write_json_atomic(FitDir(Path(out_dir)).report, report)
+    files = FitDir(Path(out_dir))
+    texts = _rendered(result, table, target, settings, files)
+    texts[files.report] = json_text(files.report, report)
+    # One set: a fit killed at any instant leaves the previous fit whole (model, report and
+    # predictions agreeing), or the new one.
+    write_set(texts, inputs=[entry["path"] for entry in table.inputs.values()])
     return report
 
 
@@ -331,27 +340,32 @@ def loss_values(table: RunTable, name: str) -> np.ndarray:
     return Target(((name, 1.0),)).values(table)
 
 
-def _write(result: FitResult, table: RunTable, target: Target, settings: FitConfig, files: FitDir) -> None:
-    """Candidates and loss models first, the main model last: model.json only names what exists."""
+def _rendered(result: FitResult, table: RunTable, target: Target, settings: FitConfig,
+              files: FitDir) -> dict[Path, str]:
+    """Every file of the fit as text by path: the kept model, each surrogate tried, each loss's model."""
     support = dict(zip(table.domains, table.weights.max(axis=0).tolist()))
 
-    def save(candidate: Candidate, what: Target, place: FitDir, own: FitConfig | None = None, **listed) -> None:
+    def model_files(candidate: Candidate, what: Target, place: FitDir, own: FitConfig | None = None,
+                    **listed) -> dict[Path, str]:
         own = own or dataclasses.replace(settings, regressor=candidate.regressor, target=what.label)
-        FittedModel(candidate.model, table.domains, what, own, support, table.inputs, len(table.index),
-                    str(place.path), **listed).save(place.path)
+        return FittedModel(candidate.model, table.domains, what, own, support, table.inputs, len(table.index),
+                           str(place.path), **listed).rendered(place.path)
 
+    texts: dict[Path, str] = {}
     candidates = result.tried if len(result.tried) > 1 else []
     for candidate in candidates:
         place = files.candidate(candidate.regressor)
-        _write_cv_predictions(place.cv_predictions, table.index, result.measured, {"predicted": candidate.predictions})
-        save(candidate, target, place)
+        texts[place.cv_predictions] = _cv_predictions_csv(table.index, result.measured,
+                                                          {"predicted": candidate.predictions})
+        texts.update(model_files(candidate, target, place))
     for name, loss in result.losses.items():
-        save(loss, Target(((name, 1.0),)), files.loss(name))
+        texts.update(model_files(loss, Target(((name, 1.0),)), files.loss(name)))
     columns = {"predicted": result.chosen.predictions}
     columns.update({f"predicted:{c.regressor}": c.predictions for c in candidates})
-    _write_cv_predictions(files.cv_predictions, table.index, result.measured, columns)
-    save(result.chosen, target, files, settings, losses=tuple(result.losses),
-         candidates=tuple(c.regressor for c in candidates))
+    texts[files.cv_predictions] = _cv_predictions_csv(table.index, result.measured, columns)
+    texts.update(model_files(result.chosen, target, files, settings, losses=tuple(result.losses),
+                             candidates=tuple(c.regressor for c in candidates)))
+    return texts
 
 
 def _evaluation_data(evaluation: RunTable, target: Target, domains: tuple[str, ...]):
@@ -362,18 +376,20 @@ def _evaluation_data(evaluation: RunTable, target: Target, domains: tuple[str, .
     )
 
 
-def _write_cv_predictions(path: Path, index, measured: np.ndarray, predicted: Mapping[str, np.ndarray]) -> None:
-    with atomic_output(path) as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["index", "measured", *predicted])
-        for row, position in zip(index, range(len(measured))):
-            writer.writerow([row, repr(float(measured[position])),
-                             *(repr(float(column[position])) for column in predicted.values())])
+def _cv_predictions_csv(index, measured: np.ndarray, predicted: Mapping[str, np.ndarray]) -> str:
+    handle = io.StringIO()
+    writer = csv.writer(handle)
+    writer.writerow(["index", "measured", *predicted])
+    for row, position in zip(index, range(len(measured))):
+        writer.writerow([row, repr(float(measured[position])),
+                         *(repr(float(column[position])) for column in predicted.values())])
+    return handle.getvalue()
 
 
 def read_cv_predictions(model_dir: str | Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(measured, {surrogate: out-of-fold predicted}) as `fit` wrote them; the kept surrogate is `predicted`."""
     path = FitDir(Path(model_dir)).cv_predictions
+    settle(path)  # a fit killed mid-commit is finished first, as every reader of a set does
     try:
         with open(path, encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
