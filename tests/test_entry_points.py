@@ -47,13 +47,20 @@ def test_train_py_and_regmix_ds_train_take_the_same_flags(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored; a terminal's foreground job, what this test plays, has the default action."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_local_swarm_with_exit_130(tiny_experiment, tmp_path):
     """Ctrl-C in a terminal interrupts the whole foreground process group: run-swarm and its proxies."""
     config = tiny_experiment(n=2, steps=2000)
     log = tmp_path / "run-swarm.log"
     with open(log, "w") as output:
         process = subprocess.Popen([*ENTRY_POINTS["python -m"], "run-swarm", "--config", str(config), "--jobs", "2"],
-                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+                                   cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, start_new_session=True,
+                                   preexec_fn=default_sigint)
     try:
         metrics = config.parent / "work" / "proxies" / "n1" / "metrics.jsonl"
         wait_for_steps(metrics, 1, gone=lambda: process.poll() is not None and f"run-swarm exited {process.poll()}")
