@@ -13,11 +13,12 @@ freed blocks below 32 MiB: the `default` column, higher.) Peak resident memory i
 /proc/self/status (`budget.resident_bytes`), everything the process held at once, Python and torch
 included; not `ru_maxrss`, which a child inherits from this larger parent across exec.
 The planner (`train.budget`) predicts both from the shape and this
-machine's device, measured once here by `budget.this_machine` (matmul peak, bandwidth, operator
-cost, a fresh process's resident memory). Timing is only meaningful on a quiet machine: run it
-under the lock; each case first waits (up to `--quiet-wait` seconds) until the CPUs are busy less
-than `--quiet-busy` of the time (sampled from /proc/stat for 2 s), and the table shows how busy they
-were. The last line is one JSON object.
+machine's device, measured once here by `budget.this_machine` (matmul peak, the step's elementwise
+bandwidth, operator cost, the cost of fresh pages, a fresh process's resident memory), and from
+each case's own matrix products timed at their shapes (`budget.measure_matmul_seconds`).
+Timing is only meaningful on a quiet machine: run it under the lock; each case first waits (up to
+`--quiet-wait` seconds) until the CPUs are busy less than `--quiet-busy` of the time (sampled from
+/proc/stat for 2 s), and the table shows how busy they were. The last line is one JSON object.
 """
 from __future__ import annotations
 
@@ -156,9 +157,11 @@ def main() -> None:
     again = budget.this_machine("fp32")
     device = dataclasses.replace(first, peak_flops_per_s=max(first.peak_flops_per_s, again.peak_flops_per_s),
                                  bandwidth_bytes_per_s=max(first.bandwidth_bytes_per_s, again.bandwidth_bytes_per_s),
-                                 op_seconds=min(first.op_seconds, again.op_seconds))
+                                 op_seconds=min(first.op_seconds, again.op_seconds),
+                                 fresh_page_seconds=min(first.fresh_page_seconds, again.fresh_page_seconds))
     print(f"{device.name}: matmul {device.peak_flops_per_s / 1e9:.0f} GFLOP/s, bandwidth "
           f"{device.bandwidth_bytes_per_s / 1e9:.1f} GB/s, {device.op_seconds * 1e6:.1f} us an operator, "
+          f"fresh pages {device.fresh_page_seconds * 1e9:.2f} s/GB, "
           f"process {device.process_bytes / 2**20:.0f} MiB", flush=True)
     print(f"{'case':16} {'K':>3} {'pred s':>8} {'meas s':>8} {'err':>6} {'pred MiB':>9} {'meas MiB':>9} "
           f"{'err':>6} {'default':>8} {'busy':>5}", flush=True)
@@ -166,7 +169,8 @@ def main() -> None:
     for name, (timed, live, load) in measured.items():
         preset, vocab, seq_len, micro, accumulation, k = CASES[name]
         workload = budget.Workload(shape_of(preset), vocab, seq_len, micro, accumulation, k)
-        predicted_s = workload.step_seconds(device)["total"]
+        step = workload.step_seconds(device, budget.measure_matmul_seconds(workload))
+        predicted_s = step["total"]
         predicted_b = workload.memory(device)["peak"]
         row = {"case": name, "preset": preset, "vocab": vocab, "seq_len": seq_len, "micro": micro,
                "accumulation": accumulation, "k": k, "predicted_s": round(predicted_s, 4),
@@ -174,7 +178,8 @@ def main() -> None:
                "time_error": round(predicted_s / timed["step_seconds"] - 1, 3),
                "predicted_mib": round(predicted_b / 2**20), "measured_mib": round(live["peak_bytes"] / 2**20),
                "memory_error": round(predicted_b / live["peak_bytes"] - 1, 3),
-               "glibc_default_mib": round(timed["peak_bytes"] / 2**20), "busy_before": round(load, 2)}
+               "glibc_default_mib": round(timed["peak_bytes"] / 2**20), "busy_before": round(load, 2),
+               "predicted_terms_s": {term: round(seconds, 4) for term, seconds in step.items()}}
         rows.append(row)
         print(f"{name:16} {k:>3} {row['predicted_s']:>8.3f} {row['measured_s']:>8.3f} {row['time_error']:>+6.0%} "
               f"{row['predicted_mib']:>9,} {row['measured_mib']:>9,} {row['memory_error']:>+6.0%} "
@@ -184,6 +189,7 @@ def main() -> None:
         "extrapolated_k64": extrapolated,
         "device": {"name": device.name, "peak_flops_per_s": device.peak_flops_per_s,
                    "bandwidth_bytes_per_s": device.bandwidth_bytes_per_s, "op_seconds": device.op_seconds,
+                   "fresh_page_seconds": device.fresh_page_seconds,
                    "process_bytes": device.process_bytes},
         "steps": args.steps, "skip": args.skip, "rows": rows,
         "max_time_error": max(abs(r["time_error"]) for r in rows),

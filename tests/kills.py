@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -41,11 +42,24 @@ def run_forked(stage: Callable[[], object], fault: str | None) -> bool:
             traceback.print_exc()
             code = 1
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    status = _reaped(pid, timeout=120)
     if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL:
         return True
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, f"the stage failed (status {status}) under {fault}"
     return False
+
+
+def _reaped(pid: int, timeout: float) -> int:
+    """The forked child's wait status; a child still running after `timeout` is killed and fails the test."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the forked stage was still running after {timeout} s")
 
 
 def kill_everywhere(stage: Callable[[], object], outputs: list[Path], reset: Callable[[], None],

@@ -210,7 +210,12 @@ def test_sigkilled_collect_leaves_the_old_or_the_new_results_csv(tiny_experiment
         write_json_atomic(proxy_dir(experiment, i) / "result.json", fake_result(experiment, i))
     for number, fault in enumerate(COLLECT_KILLS):
         child = start_collector(experiment, fault)
-        assert child.wait(timeout=120) == -signal.SIGKILL, f"{fault}: {child.stderr.read()[-2000:]}"
+        try:
+            assert child.wait(timeout=120) == -signal.SIGKILL, f"{fault}: {child.stderr.read()[-2000:]}"
+        finally:
+            if child.poll() is None:  # the fault point was never reached: stop the looping collector
+                child.kill()
+                child.wait(timeout=30)
         if number < 2:  # killed inside the first write of results.csv there ever was
             assert not experiment.work.results.exists()
         else:

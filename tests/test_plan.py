@@ -182,3 +182,20 @@ def test_a_stated_mfu_sets_the_time(experiment, capsys):
                  "--mfu", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "at MFU 50.0% (stated)" in text and "submit: sbatch --gpus-per-task=1" in text
+
+
+@pytest.mark.slow
+def test_plan_measures_this_cpu_when_no_gpu_is_stated(tmp_path, capsys):
+    """No `--gpu-*` numbers on a machine without a GPU: every device figure is measured here, and
+    the group's step time comes from its own products timed at their shapes."""
+    settings = json.loads((ROOT / "ds_configs" / "zero0.json").read_text())
+    (tmp_path / "proxy.json").write_text(json.dumps(settings))
+    config = {"work_dir": "work", "data": {"domains": {f"d{i}": {"paths": [f"d{i}.jsonl"]} for i in range(3)}},
+              "swarm": {"n": 8}, "plan": {"vocab_size": 512},
+              "proxy": {"deepspeed_config": "proxy.json", "preset": "tiny", "seq_len": 32, "train_tokens": 4096}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", "--config", str(tmp_path / "exp.yaml"), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["device"]["gpu"] is False and "bandwidth" in plan["device"]["measured"]
+    assert 1 <= plan["group_size"] <= 8 and plan["group_seconds"] > 0 and 0 < plan["mfu"] < 1
+    assert plan["sbatch"].endswith(f"slurm/proxies.sh {tmp_path / 'exp.yaml'}")

@@ -58,8 +58,9 @@ def train_args(manifest: Path, out: Path, mixture: Path | None, **flags) -> list
 def launch(command: list[str], port: int, fault: dict[str, str] | None = None, **popen) -> subprocess.Popen:
     """Start a run; `fault` (e.g. `{"REGMIX_FAULT": "step@2:USR1"}`) makes it stop itself at a fault point."""
     env = {**os.environ, "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1", **(fault or {})}
+    # Its own process group, so that a run that overstays is killed with every rank a launcher started.
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            **popen)
+                            start_new_session=True, **popen)
 
 
 def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
@@ -67,8 +68,8 @@ def finish(process: subprocess.Popen, timeout: float = 600) -> tuple[int, str]:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate(timeout=60)
         raise AssertionError(f"still running after {timeout} s; its output ends: {output[-3000:]}") from None
     return process.returncode, output
 

@@ -124,7 +124,8 @@ def report(plan, settings: PlanConfig, device) -> list[str]:
     ]
     step = plan.step
     model = (f" (model: matmul {step['matmul'] * 1e3:.1f} ms + memory {step['memory'] * 1e3:.1f} ms + "
-             f"operators {step['overhead'] * 1e3:.1f} ms)" if "matmul" in step else "")
+             f"page faults {step['page_faults'] * 1e3:.1f} ms + operators {step['overhead'] * 1e3:.1f} ms)"
+             if "matmul" in step else "")
     lines += [
         f"  step: {step['planned'] * 1e3:.1f} ms at MFU {plan.mfu:.1%} ({'stated' if plan.mfu_stated else 'predicted'})"
         + model,

@@ -21,17 +21,22 @@ sees the stacked model save (`tests/test_plan.py` recounts them).
 
 **Time of an optimizer step** (A micro-batches): a roofline with an overhead term,
 
-    matmul FLOPs / peak + elementwise bytes / bandwidth + operators x op cost
+    matmul seconds + elementwise bytes / bandwidth + fresh bytes x page cost + operators x op cost
 
 summed over the A forward/backward passes and the AdamW step (on a GPU, which runs kernels while
-Python issues the next, the larger of the first two terms and the third),
-with the model FLOPs of PaLM's count (`model.training_flops_per_token`), and the bytes and operator
-counts of the elementwise work counted by a `TorchDispatchMode` over the real step (inputs plus
-outputs of every operator that is not a matrix product or a view; `tests/test_plan.py` recounts
-them): per token and layer 528 H + 53 F bytes in fp32, the loss 34 V bytes a token, the AdamW step
-116 bytes a parameter. The device's numbers are measured by `utilization`'s probes (matmul peak,
-`out = a + b` bandwidth, the cost of one small operator), or stated for a device one does not
-have. Checked against measured runs by `benchmarks/plan_check.py` (README, "Planning a swarm").
+Python issues the next, the larger of the work and the issuing). On a CPU the matrix products are
+timed at the step's own shapes (`measure_matmul_seconds`: traced on fake tensors, each distinct
+batched product and flash attention, forward and backward, run once on random operands); on a GPU
+they are PaLM's model FLOPs (`model.training_flops_per_token`) at the peak, stated
+(`--gpu-peak-tflops`) or measured by one large product. The bytes and operator counts of the
+elementwise work were counted by a `TorchDispatchMode` over the real step (inputs plus outputs of
+every operator that is not a matrix product or a view; `tests/test_plan.py` recounts them): per
+token and layer 528 H + 53 F bytes in fp32, the loss 34 V bytes a token, the AdamW step 116 bytes a
+parameter. On a CPU the bandwidth is that of the step's own elementwise operators
+(`measure_step_bandwidth`), and blocks of 32 MiB or more, which glibc maps fresh, add the cost of
+faulting their pages in (`fresh_bytes`, `utilization.measure_fresh_page_seconds`); a GPU's
+bandwidth is `a + b` on long vectors, or stated. Checked against measured runs by
+`benchmarks/plan_check.py` (README, "Planning a swarm").
 """
 from __future__ import annotations
 
@@ -55,6 +60,11 @@ needs grows linearly with the number of domains, so the planner advises the same
 GPU_OP_SECONDS = 1e-5
 """Cost of one operator on a GPU that is stated rather than measured: eager PyTorch issuing one
 kernel from Python. An assumption (not measured here); a GPU run of the planner measures its own."""
+
+FRESH_BLOCK_BYTES = 32 * 2**20
+"""glibc's largest mmap threshold (`DEFAULT_MMAP_THRESHOLD_MAX`, 64-bit): a freed block smaller than
+this is reused from the heap, while a block this large or larger is mapped fresh from the system every
+time, and the CPU faults in each of its pages on first touch (a GPU's caching allocator reuses)."""
 
 GPU_HEADROOM = 0.9
 """Fraction of a device's memory a group may fill: the rest is the CUDA context and the allocator's
@@ -190,6 +200,19 @@ class Workload:
 
     # ---- time ----
 
+    def fresh_bytes(self) -> float:
+        """Bytes of one optimizer step's allocations of `FRESH_BLOCK_BYTES` or more, which a CPU maps
+        fresh: each weight tensor's gradient and AdamW's scratch tensor for it, and in each pass the
+        loss's fp32 logits and log-softmax of every piece. (Smaller blocks come back from the heap.)"""
+        k, h, shape = self.group, self.shape.hidden, self.shape
+        kv = (shape.kv_heads or shape.heads) * (h // shape.heads)
+        tensors = [self.vocab * h] * 2 + [h * h, kv * h, kv * h, h * h, h * shape.ffn, h * shape.ffn,
+                                          h * shape.ffn] * shape.layers
+        weights = sum(2 * 4.0 * k * n for n in tensors if 4 * k * n >= FRESH_BLOCK_BYTES)
+        pieces, logits, _ = self.loss_chunks
+        loss = pieces * 2 * 4.0 * logits if 4 * logits >= FRESH_BLOCK_BYTES else 0.0
+        return weights + self.accumulation * loss
+
     def step_flops(self) -> float:
         """Model FLOPs of one optimizer step of the whole group."""
         return self.accumulation * self.tokens * flops_per_token(self.shape, self.vocab, self.seq_len)
@@ -210,19 +233,22 @@ class Workload:
                + ADAMW_OPS[0] * layers + ADAMW_OPS[1])
         return self.accumulation * micro_batch + accumulate + adamw, float(ops)
 
-    def step_seconds(self, device: Device) -> dict[str, float]:
+    def step_seconds(self, device: Device, matmul_seconds: float | None = None) -> dict[str, float]:
         """Predicted seconds of one optimizer step on `device`, by term, and `total`: their sum on a CPU,
         which does one thing at a time; on a GPU, kernels run while Python issues the next ones, so
-        the larger of the device's work and the issuing."""
+        the larger of the device's work and the issuing. The matrix products take `matmul_seconds`
+        where they were timed at their own shapes (`measure_matmul_seconds`, on a CPU), else the
+        model FLOPs at the device's peak (a GPU, whose peak is stated or measured)."""
         traffic, ops = self.step_traffic()
-        parts = {"matmul": self.step_flops() / device.peak_flops_per_s,
-                 "memory": traffic / device.bandwidth_bytes_per_s, "overhead": ops * device.op_seconds}
-        work = parts["matmul"] + parts["memory"]
+        matmul = matmul_seconds if matmul_seconds is not None else self.step_flops() / device.peak_flops_per_s
+        parts = {"matmul": matmul, "memory": traffic / device.bandwidth_bytes_per_s,
+                 "page_faults": self.fresh_bytes() * device.fresh_page_seconds, "overhead": ops * device.op_seconds}
+        work = parts["matmul"] + parts["memory"] + parts["page_faults"]
         return {**parts, "total": max(work, parts["overhead"]) if device.gpu else work + parts["overhead"]}
 
-    def mfu(self, device: Device) -> float:
+    def mfu(self, device: Device, matmul_seconds: float | None = None) -> float:
         """Model FLOPs utilisation the step time predicts."""
-        return self.step_flops() / self.step_seconds(device)["total"] / device.peak_flops_per_s
+        return self.step_flops() / self.step_seconds(device, matmul_seconds)["total"] / device.peak_flops_per_s
 
 
 # ---- the device -------------------------------------------------------------------------------------
@@ -243,6 +269,8 @@ class Device:
     """A training process's own resident memory before its group is built (a CPU's RSS; 0 on a GPU)."""
     gpu: bool = True
     """A GPU (the group computes in the config's precision), or the CPU (fp32)."""
+    fresh_page_seconds: float = 0.0
+    """Seconds per byte of faulting in freshly mapped memory (a CPU's; 0 on a GPU, whose allocator reuses)."""
     measured: tuple[str, ...] = field(default_factory=tuple)
     """Which numbers were measured on this machine (the others were stated)."""
 
@@ -255,20 +283,45 @@ def this_machine(precision: str) -> Device:
     """This machine's training device, every number measured: its GPU (in `precision`), else its CPU (fp32)."""
     import torch
 
-    from regmix_ds.train.utilization import PRECISIONS, measure_bandwidth, measure_matmul_peak
+    from regmix_ds.train.utilization import (
+        PRECISIONS,
+        measure_bandwidth,
+        measure_fresh_page_seconds,
+        measure_matmul_peak,
+    )
 
     measured = ("peak", "bandwidth", "op cost", "memory")
     if torch.cuda.is_available():
         device, dtype = torch.device("cuda"), PRECISIONS[precision]
         return Device(torch.cuda.get_device_name(), measure_matmul_peak(device, dtype, repeats=10),
                       measure_bandwidth(device), measure_op_seconds(device, dtype),
-                      float(torch.cuda.get_device_properties(device).total_memory), GPU_HEADROOM, 0.0, True, measured)
+                      float(torch.cuda.get_device_properties(device).total_memory), GPU_HEADROOM,
+                      measured=measured)
     import transformers.models.llama.modeling_llama  # noqa: F401  (a trainer has it loaded too)
 
     process = resident_bytes()  # what a training process holds before its group: before the probes' operands
     ram = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    return Device(f"CPU ({torch.get_num_threads()} threads)", measure_matmul_peak("cpu"), measure_bandwidth("cpu"),
-                  measure_op_seconds(torch.device("cpu")), ram, GPU_HEADROOM, process, False, (*measured, "process"))
+    return Device(f"CPU ({torch.get_num_threads()} threads)", measure_matmul_peak("cpu"), measure_step_bandwidth(),
+                  measure_op_seconds(torch.device("cpu")), ram, GPU_HEADROOM, process, False,
+                  measure_fresh_page_seconds(), (*measured, "page faults", "process"))
+
+
+def probe_group(workload: Workload, device, dtype=None) -> tuple:
+    """A group of fresh members of `workload` on `device`, ready to step: (model, AdamW, state, a batch
+    of random tokens, learning rates), as `group.stacked_step` takes them."""
+    import torch
+
+    from regmix_ds.train import model as models
+    from regmix_ds.train.group import AdamW, GroupState, fresh_start
+    from regmix_ds.train.stacked import StackedLlama
+
+    config = models.llama_config(workload.shape, workload.vocab, workload.seq_len)
+    state = GroupState.stack([fresh_start(config, 0)] * workload.group, device)
+    generator = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, workload.vocab, (workload.accumulation, workload.group, workload.micro,
+                                              workload.seq_len + 1), generator=generator).to(device)
+    lrs = torch.full((workload.group,), 1e-3, dtype=torch.float64, device=device)
+    return StackedLlama.from_config(config), AdamW((0.9, 0.95), 1e-8, 0.1, 1.0), state, batch, lrs
 
 
 def measure_op_seconds(device, dtype=None, steps: int = 20) -> float:
@@ -281,19 +334,14 @@ def measure_op_seconds(device, dtype=None, steps: int = 20) -> float:
 
     import torch
 
-    from regmix_ds.train import model as models
-    from regmix_ds.train.group import AdamW, GroupState, fresh_start, stacked_step
-    from regmix_ds.train.stacked import StackedLlama
+    from regmix_ds.train.group import stacked_step
     from regmix_ds.train.utilization import synchronize
 
     dtype = dtype or torch.float32
     probe = Workload(ModelShape(layers=2, heads=2, hidden=16, ffn=32), vocab=64, seq_len=8, micro=1, accumulation=1,
                      group=1, precision="bf16" if dtype == torch.bfloat16 else "fp32")
-    config = models.llama_config(probe.shape, probe.vocab, probe.seq_len)
-    model, adamw = StackedLlama.from_config(config), AdamW((0.9, 0.95), 1e-8, 0.1, 1.0)
-    state = GroupState.stack([fresh_start(config, 0)], device)
-    batch = torch.randint(0, probe.vocab, (1, 1, 1, probe.seq_len + 1), device=device)
-    lrs, seconds = torch.full((1,), 1e-3, dtype=torch.float64, device=device), []
+    model, adamw, state, batch, lrs = probe_group(probe, device)
+    seconds = []
     for step in range(1, steps + 4):
         synchronize(device)
         start = time.perf_counter()
@@ -301,6 +349,58 @@ def measure_op_seconds(device, dtype=None, steps: int = 20) -> float:
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return statistics.median(seconds[3:]) / probe.step_traffic()[1]
+
+
+BANDWIDTH_PROBE = Workload(ModelShape(layers=2, heads=8, hidden=256, ffn=512), vocab=4096, seq_len=256, micro=1,
+                           accumulation=1, group=4)
+"""The group whose step measures a CPU's bandwidth: proxy-1m's shape, about 0.15 s a step on 2 cores."""
+
+
+def measure_step_bandwidth(steps: int = 3) -> float:
+    """The CPU's bandwidth as the training step's elementwise operators see it: the bytes they move
+    (counted as `step_traffic` counts them) over the time they take, timed operator by operator in
+    real steps of `BANDWIDTH_PROBE`'s group; the best of `steps` after one warm-up.
+
+    Not `a + b` on long vectors (`utilization.measure_bandwidth`): on a CPU that probe measures the
+    page faults of fresh memory, and glibc maps fresh pages only for blocks of 32 MiB or more; the
+    step's operators mostly reuse freed heap (in-place AdamW, activations under 32 MiB), so the
+    probe read 10-22 GB/s from run to run where the step's own operators moved 21-28 GB/s."""
+    import torch
+
+    from regmix_ds.train.group import stacked_step
+    from regmix_ds.train.utilization import ElementwiseTimer
+
+    model, adamw, state, batch, lrs = probe_group(BANDWIDTH_PROBE, torch.device("cpu"))
+    best = 0.0
+    for step in range(1, steps + 2):
+        timer = ElementwiseTimer()
+        with timer:
+            stacked_step(model, adamw, state, batch, lrs, step)
+        best = max(best, timer.bytes / timer.seconds) if step > 1 else best
+    return best
+
+
+def measure_matmul_seconds(workload: Workload) -> float:
+    """Seconds of the matrix products of one optimizer step of `workload` on this CPU (fp32), each timed
+    at its own shapes: one forward and backward pass traced on fake tensors (`FakeTensorMode`: shapes,
+    no memory, no arithmetic), then every distinct product run on random operands of its layout
+    (`utilization.replay_seconds`), times its count and the micro-batches.
+
+    Not the model FLOPs at the peak of one large square product: the group's batched products of small
+    hidden sizes, their transposed layouts in the backward pass and flash attention run slower per
+    FLOP (measured on 2 cores: 130-290 GFLOP/s per product against a 308 GFLOP/s peak)."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from regmix_ds.train.utilization import MatmulRecorder, replay_seconds
+
+    recorder = MatmulRecorder()
+    with FakeTensorMode():
+        one_pass = dataclasses.replace(workload, accumulation=1)
+        model, _, state, batch, _ = probe_group(one_pass, torch.device("cpu"))
+        with recorder:
+            model.member_losses(state.params, batch[0]).sum().backward()
+    return workload.accumulation * replay_seconds(recorder.calls, torch.device("cpu"))
 
 
 def stated_gpu(name: str, peak_tflops: float, memory_gib: float, bandwidth_tbs: float | None) -> Device:
@@ -413,8 +513,9 @@ def plan_swarm(experiment: ExperimentConfig, settings: PlanConfig, device: Devic
                                            f"{one.memory(device)['peak'] / 2**30:.1f} GiB)")
     size = min(largest, math.ceil(swarm / settings.gpus))
     workload = dataclasses.replace(one, group=size)
-    step = workload.step_seconds(device) if math.isfinite(device.bandwidth_bytes_per_s) else {}
-    mfu = settings.mfu if settings.mfu is not None else workload.mfu(device)
+    matmul_seconds = None if device.gpu else measure_matmul_seconds(workload)
+    step = workload.step_seconds(device, matmul_seconds) if math.isfinite(device.bandwidth_bytes_per_s) else {}
+    mfu = settings.mfu if settings.mfu is not None else workload.mfu(device, matmul_seconds)
     step_total = workload.step_flops() / (device.peak_flops_per_s * mfu)
     groups = math.ceil(swarm / size)
     target = target_cost(experiment, settings, device, one.vocab, one.seq_len)
