@@ -101,3 +101,17 @@ def tiny_experiment(tiny_manifest, tmp_path):
         return make_experiment(corpus_of(tiny_manifest), tmp_path / "experiment", n, steps, **proxy)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tiny_manifest):
+    """The tiny corpus's trained tokenizer directory."""
+    return tiny_manifest.parent.parent / "tokenizer"
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tokenizer_dir):
+    """That tokenizer, loaded."""
+    from regmix_ds.data.tokenizer import load_tokenizer
+
+    return load_tokenizer(str(tokenizer_dir), tokenizer_dir, "test")

@@ -15,7 +15,6 @@ from regmix_ds.core.manifest import Manifest
 from regmix_ds.data import parts
 from regmix_ds.data.indexed import IndexedDataset
 from regmix_ds.data.prepare import prepare, resolve_sources, run_array_task
-from regmix_ds.data.tokenizer import load_tokenizer
 from tests.helpers import run_cli
 
 
@@ -33,16 +32,6 @@ def decoded(prefixes, tokenizer):
             assert ids[-1] == tokenizer.eos_token_id
             documents.append(tokenizer.decode(ids[:-1]))
     return documents
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_manifest):
-    return tiny_manifest.parent.parent / "tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer(str(tokenizer_dir), tokenizer_dir, "test")
 
 
 def per_file_config(directory, tokenizer_dir, domains, targets=None, **data):

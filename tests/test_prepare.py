@@ -14,21 +14,10 @@ from regmix_ds.core.manifest import Manifest
 from regmix_ds.data import prepare as prepare_module
 from regmix_ds.data.indexed import IndexedDataset
 from regmix_ds.data.prepare import prepare
-from regmix_ds.data.tokenizer import load_tokenizer
 
 
 def texts_of(path):
     return [json.loads(line)["text"] for line in path.read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tiny_manifest):
-    return tiny_manifest.parent.parent / "tokenizer"
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tokenizer_dir):
-    return load_tokenizer(str(tokenizer_dir), tokenizer_dir, "test")
 
 
 @pytest.fixture
