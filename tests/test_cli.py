@@ -221,6 +221,20 @@ def _(b: Bench) -> BadInput:
     return BadInput(rd("proxy", "--config", path, "--index", 1), [b.work_dir], f"{path}: proxy.seq_len: must be >= 1")
 
 
+@case("exp-vocab-too-small")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["data"].update(vocab_size=0))
+    return BadInput(rd("prepare", "--config", path, "--train-tokenizer"), [b.work_dir],
+                    f"{path}: data.vocab_size: must be >= 257 (the 256 bytes of the byte-level alphabet")
+
+
+@case("exp-swarm-too-large")
+def _(b: Bench) -> BadInput:
+    path = b.edited_experiment(lambda c: c["swarm"].update(n=10**9))
+    return BadInput(rd("swarm", "--config", path), [b.work_dir],
+                    f"{path}: swarm.n: must be between 1 and 100,000, got 1,000,000,000")
+
+
 @case("exp-unsafe-domain")
 def _(b: Bench) -> BadInput:
     path = b.edited_experiment(lambda c: c["data"]["domains"].update({"../x": c["data"]["domains"]["news"]}))
@@ -582,6 +596,13 @@ def _(b: Bench) -> BadInput:
     return BadInput(rd("simulate", "--model", b.model, "--out", out, "--out-config", b.tmp / "ds.json"),
                     [out, b.tmp / "ds.json", b.model],
                     "--out-config: give --deepspeed-config and --out-config together")
+
+
+@case("flag-candidates-too-many")
+def _(b: Bench) -> BadInput:
+    out = b.tmp / "best.json"
+    return BadInput(rd("simulate", "--model", b.model, "--out", out, "--candidates", 10**9), [out, b.model],
+                    "--candidates: must be between 1 and 50,000,000, got 1,000,000,000")
 
 
 @case("flag-token-budget-without-manifest")

@@ -1,5 +1,7 @@
 """Megatron-core indexed files: read files built byte by byte from the format, write the same bytes."""
+import os
 import shutil
+import stat
 import struct
 from pathlib import Path
 
@@ -214,3 +216,16 @@ def test_a_damaged_shard_stops_training_before_it_starts(tiny_manifest, tmp_path
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.startswith(f"train.py: error: {path}: ") and problem in error
     assert "\n" not in error and not out.exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_shards_follow_the_umask_like_any_other_output(tmp_path, umask):
+    """A team's shared work dir: shards are not private 0600 files (mkstemp's mode) but what open() makes."""
+    previous = os.umask(umask)
+    try:
+        with IndexedWriter(tmp_path / "shard", np.uint16) as writer:
+            writer.add_document([1, 2, 3])
+    finally:
+        os.umask(previous)
+    for suffix in (".bin", ".idx"):
+        assert stat.S_IMODE((tmp_path / f"shard{suffix}").stat().st_mode) == 0o666 & ~umask

@@ -29,6 +29,13 @@ ModelPreset = Literal["tiny", "demo", "proxy-1m", "proxy-60m", "target-1b"]
 and TinyLlama (1.1B target). Their shapes: `MODEL_PRESETS`."""
 
 
+MIN_VOCAB = 257
+"""The smallest vocabulary a byte-level BPE tokenizer has: 256 bytes and the end-of-text token."""
+MAX_SWARM = 100_000
+"""The most mixtures one swarm may hold: far above any plan (RegMix: 512), far below what exhausts memory."""
+MAX_CANDIDATES = 50_000_000
+"""The most candidates simulate scores: 50M x 17 domains x 8 bytes is 6.8 GB, most of this machine's headroom."""
+
 @dataclass(frozen=True)
 class ModelShape(Settings):
     """The size of a Llama decoder (a `--model-config` file); with a vocabulary and a sequence
@@ -236,6 +243,8 @@ class DataConfig(Settings):
         self.require(not clash, "targets", f"name(s) also used as a domain: {', '.join(clash)}")
         self.require(self.valid_documents >= 1, "valid_documents", "must be >= 1")
         self.require(self.num_proc >= 1, "num_proc", "must be >= 1")
+        self.require(self.vocab_size >= MIN_VOCAB, "vocab_size",
+                     f"must be >= {MIN_VOCAB} (the 256 bytes of the byte-level alphabet and the end-of-text token)")
         for name, target in self.targets.items():
             self.require(not target.valid_prefixes, "targets",
                          f"{name}.valid_prefixes: a target is validation only; list its shards under prefixes")
@@ -311,7 +320,8 @@ class SwarmConfig(Settings):
 
     def validate(self) -> None:
         """Counts >= 1, each sampling setting that is set within its range, min_strength <= max_strength."""
-        self.require(self.n >= 1, "n", "must be >= 1")
+        self.require(1 <= self.n <= MAX_SWARM, "n", f"must be between 1 and {MAX_SWARM:,}, got {self.n:,} "
+                     "(RegMix trained 512; each member is a proxy run)")
         self.require(self.seed >= 0, "seed", "must be >= 0")
         for name in ("min_strength", "max_strength", "cap", "max_epochs"):
             value = getattr(self, name)
@@ -512,7 +522,9 @@ class SimulateConfig(Settings):
     def validate(self) -> None:
         """Counts and rates in range, max_epochs and target_tokens together, each max_weight cap in (0, 1],
         a KL weight only for the optimizer."""
-        self.require(self.candidates >= 1, "candidates", "must be >= 1")
+        self.require(1 <= self.candidates <= MAX_CANDIDATES, "candidates",
+                     f"must be between 1 and {MAX_CANDIDATES:,}, got {self.candidates:,} (the candidates are held "
+                     "in memory at once: 8 bytes per domain each)")
         self.require(0 < self.strength_min <= self.strength_max, "strength_min",
                      "need 0 < strength_min <= strength_max")
         self.require(self.strengths >= 1, "strengths", "must be >= 1")

@@ -61,8 +61,7 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-        os.chmod(tmp, 0o666 & ~_umask())
+        follow_umask(tmp)
         faults.reached(f"write {path.name}")
         os.replace(tmp, path)
     except OSError as err:
@@ -75,6 +74,12 @@ def atomic_output(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def follow_umask(path: str | os.PathLike) -> None:
+    """Give a `mkstemp` file (private, 0600) the mode a plain open() would: a team's shared work dir
+    stays readable to the team."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def _umask() -> int:
@@ -114,7 +119,7 @@ class OutputSet:
         if path not in self._staged:
             fd, tmp = _staging_file(path, ".stage")
             os.close(fd)
-            os.chmod(tmp, 0o666 & ~_umask())
+            follow_umask(tmp)
             self._staged[path] = Path(tmp)
         return self._staged[path]
 

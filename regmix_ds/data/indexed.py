@@ -37,6 +37,7 @@ from types import TracebackType
 import numpy as np
 
 from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import follow_umask
 from regmix_ds.core.manifest import Split
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -91,6 +92,7 @@ class IndexedWriter:
     def __enter__(self) -> IndexedWriter:
         self.bin_path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._bin_tmp = tempfile.mkstemp(dir=self.bin_path.parent, prefix=f".{self.bin_path.name}.", suffix=".tmp")
+        follow_umask(self._bin_tmp)
         self._bin = os.fdopen(fd, "wb")
         return self
 
@@ -136,6 +138,7 @@ class IndexedWriter:
         np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
         document_indices = np.arange(count + 1, dtype=np.int64)
         fd, idx_tmp = tempfile.mkstemp(dir=self.idx_path.parent, prefix=f".{self.idx_path.name}.", suffix=".tmp")
+        follow_umask(idx_tmp)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], count, count + 1))
