@@ -64,13 +64,17 @@ def small_experiment(directory) -> None:
     (directory / "exp.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
+BLOCK_SECONDS = 900
+
+
+@pytest.mark.timeout(BLOCK_SECONDS + 60)  # the block's own bound fires first, with what it printed
 def test_the_readme_cluster_block_runs_as_written_from_outside_the_repository(tmp_path):
     lab = tmp_path / "lab"
     small_experiment(lab)
     env = {**os.environ, "REGMIX_HOME": str(ROOT), **SCALED_DOWN}
     try:
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", readme_block()], cwd=lab, env=env,
-                              capture_output=True, text=True, timeout=900)
+                              capture_output=True, text=True, timeout=BLOCK_SECONDS)
     finally:
         cancel_jobs_started_in(lab)
     logs = {p.name: p.read_text() for p in lab.glob("regmix-*.log")}

@@ -1,11 +1,14 @@
 """`train.py` under real multi-process launchers, 2 CPU ranks, gloo, ZeRO-3: the deepspeed launcher,
 mpirun (ranks from mpi4py) and, where the local Slurm cluster runs, srun."""
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from regmix_ds.train.engine import COMPLETE_MARKER
 from regmix_ds.train.loop import EXIT_REQUEUE
 from tests.helpers import free_port
 from tests.test_trainer import (
@@ -94,3 +97,43 @@ def test_srun_tasks_find_their_ranks_and_train_like_the_deepspeed_launcher(deeps
     assert code == 0, output[-4000:]
     assert "2 rank(s) via slurm" in output
     assert_same_run(out, deepspeed_reference["out"])
+
+
+class RunsAShellCommand:
+    """Unpickling this would run a command: what the `weights_only` allow-list must refuse."""
+
+    def __reduce__(self):
+        return (os.system, ("true",))
+
+
+def replace_with_pickled_code(shard: Path) -> None:
+    torch.save({"state": RunsAShellCommand()}, shard)
+    marker = shard.parent / COMPLETE_MARKER  # sizes agree again: only DeepSpeed's load meets the damage
+    record = json.loads(marker.read_text())
+    record["files"][shard.name] = shard.stat().st_size
+    marker.write_text(json.dumps(record))
+
+
+@pytest.mark.slurm
+def test_a_shard_refused_on_one_rank_stops_every_rank_at_once(deepspeed_reference, tiny_manifest):
+    """srun, unlike the deepspeed launcher and mpirun, leaves the other tasks running when one exits:
+    rank 0 must not sit in its next collective while rank 1 has refused its part of the checkpoint."""
+    from tests.test_slurm_scripts import slurm_problem
+
+    problem = slurm_problem()
+    if problem:
+        pytest.skip(problem)
+    out = deepspeed_reference["base"] / "refused"
+    command = ["srun", "--ntasks", "2", sys.executable, "train.py",
+               *train_args(tiny_manifest, out, deepspeed_reference["mixture"], eval_interval=8)]
+    code, output = finish(launch(command, free_port(), fault={"REGMIX_FAULT": "step@2:USR1"}))
+    assert code == EXIT_REQUEUE, output[-4000:]
+    checkpoint = max((out / "checkpoints").glob("step*"))
+    shard = next(checkpoint.glob("zero_pp_rank_1_*optim_states.pt"))
+    replace_with_pickled_code(shard)  # only rank 1 reads its own optimizer shard
+    code, output = finish(launch(command + ["--resume", "auto"], free_port()), timeout=240)
+    errors = [line for line in output.splitlines() if line.startswith("train.py: error: ")]
+    assert code == 2 and len(errors) == 2, output[-4000:]
+    refused, waiting = sorted(errors, key=lambda line: "other rank" in line)
+    assert refused.startswith(f"train.py: error: {shard}: refused to load: not plain tensors and values"), errors
+    assert waiting == f"train.py: error: {checkpoint}: refused by 1 other rank(s); their own errors name the file"

@@ -27,10 +27,10 @@ import shutil
 import socket
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import torch
 
@@ -39,6 +39,8 @@ from regmix_ds.core.dsconfig import DeepSpeedSettings
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import entries, one_line, read_json, size_or_none, write_json_atomic
 from regmix_ds.core.names import check_safe_name
+
+T = TypeVar("T")
 
 DEFAULT_PORT = 29500
 COMPLETE_MARKER = "complete.json"
@@ -301,7 +303,11 @@ def load_checkpoint(engine: Any, directory: Path) -> dict:
     Every failure is one RegmixError naming `directory` (or the refused file): a damaged
     checkpoint stops the run rather than letting it start over or continue from garbage.
     """
-    step = verify_checkpoint(directory)
+    step = on_every_rank(lambda: verify_checkpoint(directory), directory)
+    return on_every_rank(lambda: _deepspeed_load(engine, directory, step), directory)
+
+
+def _deepspeed_load(engine: Any, directory: Path, step: int) -> dict:
     try:
         with weights_only_loading(engine):
             path, client_state = engine.load_checkpoint(
@@ -314,6 +320,23 @@ def load_checkpoint(engine: Any, directory: Path) -> dict:
     if path is None or client_state is None or client_state.get("step") != step:
         raise RegmixError(directory, "DeepSpeed could not load this checkpoint")
     return client_state
+
+
+def on_every_rank(check: Callable[[], T], where: Path) -> T:
+    """`check()` on every rank, which then all stop if any rank's check failed: a rank that stopped
+    alone (its own shard of a checkpoint refused, say) would leave the others waiting in their next
+    collective until it timed out. The failing rank raises its own error; the others name `where`."""
+    problem = None
+    try:
+        result = check()
+    except RegmixError as err:
+        problem = err
+    failed = all_reduce_sum([float(problem is not None)])[0]
+    if problem is not None:
+        raise problem
+    if failed:
+        raise RegmixError(where, f"refused by {int(failed)} other rank(s); their own errors name the file")
+    return result
 
 
 def verify_checkpoint(directory: Path) -> int:
