@@ -34,7 +34,8 @@ def write(tmp_path, text):
      "data.valid_documents: expected int"),
     ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nproxy: {deepspeed_config: d.json, train_tokens: 0}\n",
      "proxy.train_tokens: must be >= 1"),
-    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarm: {n: 0}\n", "swarm.n: must be >= 1"),
+    ("work_dir: w\ndata: {domains: {a: {paths: [a.jsonl]}}}\nswarm: {n: 0}\n",
+     "swarm.n: must be between 1 and 100,000, got 0"),
     ("work_dir: w\ndata: {domains: {../a: {paths: [a.jsonl]}}}\n", "invalid domain name"),
     ("work_dir: [w\n", "not valid YAML"),
 ])

@@ -53,7 +53,7 @@ def readme_block() -> str:
 def small_experiment(directory) -> None:
     """A synthetic corpus and its exp.yaml, set to tiny proxies trained in groups of 4."""
     assert main(["synth", "--out", str(directory), "--docs-per-domain", "160", "--target-docs", "30",
-                 "--valid-documents", "20", "--vocab-size", "256",
+                 "--valid-documents", "20", "--vocab-size", "300",
                  "--deepspeed-config", str(ROOT / "ds_configs" / "zero0.json")]) == 0
     config = yaml.safe_load((directory / "exp.yaml").read_text())
     config["swarm"] = {"n": 8, "seed": 0}

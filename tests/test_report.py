@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -88,3 +89,17 @@ def test_one_panel_per_surrogate_after_auto():
     assert list(panels) == ["linear", "gp (kept)"]
     assert len(predicted_vs_measured(measured, panels, "pile_cc").axes) == 2
     assert list(surrogate_panels({"predicted": measured}, "lightgbm")) == ["lightgbm"]
+
+
+def test_a_report_killed_at_any_instant_leaves_no_mix_of_plots(fitted, tmp_path):
+    """SIGKILL at every fault point of its writing: no plots or all three new ones (the same bytes as
+    an uninterrupted run), whatever instant it was killed at."""
+    from tests.kills import kill_everywhere
+
+    out = tmp_path / "report"
+    outputs = [out / name for name in ("predicted_vs_measured.png", "domain_vs_target.png", "weights.png")]
+
+    def reset():
+        shutil.rmtree(out, ignore_errors=True)
+
+    assert kill_everywhere(lambda: report(fitted / "fit", out, fitted / "best.json"), outputs, reset) >= 10

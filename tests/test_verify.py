@@ -82,3 +82,30 @@ def test_verify_needs_a_target(tmp_path):
     with pytest.raises(RegmixError, match="fit.target: required"):
         verify(ExperimentConfig.load(config), tmp_path / "report")
     assert not (tmp_path / "report").exists()
+
+
+def test_verify_killed_while_writing_leaves_the_old_pair_or_the_new_one(experiment, tmp_path):
+    """SIGKILL at every fault point of writing summary.md and verify.json (nothing retrained: the
+    verification runs are results written here): the two always describe the same rows."""
+    from regmix_ds.pipeline import verify as verify_module
+    from tests.kills import kill_everywhere
+
+    write_results(experiment.work.results, {1: (3.5, 0.1), 2: (3.1, 0.4), 3: (3.3, 0.2)})
+    out = tmp_path / "report"
+
+    def rows(chosen_loss):
+        runs = {"chosen": trained(tmp_path, f"chosen-{chosen_loss}", chosen_loss, 0.45)}
+        return verification_rows(experiment, runs, Target.parse("target"))
+
+    verify_module._write(out, rows(3.0), "target")  # the previous verification
+    old = {path: path.read_bytes() for path in out.iterdir()}
+
+    def reset():
+        for path in out.iterdir():
+            path.unlink()
+        for path, content in old.items():
+            path.write_bytes(content)
+
+    new_rows = rows(2.9)
+    points = kill_everywhere(lambda: verify_module._write(out, new_rows, "target"), list(old), reset)
+    assert points >= 9  # two staged files, two journals, the marker, two renames

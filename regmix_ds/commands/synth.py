@@ -4,6 +4,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from regmix_ds.core.config import MIN_VOCAB
+from regmix_ds.core.settings import bounded
+
 ORDER = 10
 
 
@@ -26,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the target's true mixture as name=weight pairs (default news=0.6,code=0.3,chat=0.1)",
     )
     parser.add_argument(
-        "--vocab-size", type=int, default=1024, help="tokenizer vocabulary put in exp.yaml (default 1024)"
+        "--vocab-size", type=bounded(int, low=MIN_VOCAB), default=1024,
+        help=f"tokenizer vocabulary put in exp.yaml (default 1024; at least {MIN_VOCAB}, the byte-level alphabet)"
     )
     parser.add_argument(
         "--valid-documents", type=int, default=100, help="validation documents per domain put in exp.yaml (default 100)"

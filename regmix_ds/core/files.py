@@ -123,14 +123,18 @@ class OutputSet:
             self._staged[path] = Path(tmp)
         return self._staged[path]
 
-    def write_text(self, path: str | os.PathLike, text: str) -> None:
-        """Stage `text` (UTF-8) as output `path`."""
+    def write_bytes(self, path: str | os.PathLike, data: bytes) -> None:
+        """Stage `data` as output `path`."""
         staged = self.staged(path)
         try:
-            staged.write_text(text, encoding="utf-8")
+            staged.write_bytes(data)
         except OSError as err:
             raise cannot_write(path, err) from None
         faults.reached(f"stage {Path(path).name}")
+
+    def write_text(self, path: str | os.PathLike, text: str) -> None:
+        """Stage `text` (UTF-8) as output `path`."""
+        self.write_bytes(path, text.encode("utf-8"))
 
     def write_json(self, path: str | os.PathLike, obj: Any) -> None:
         """Stage `obj` as JSON output `path`, as `write_json_atomic` spells it."""
@@ -165,11 +169,11 @@ class OutputSet:
             _unlink_quietly(staged)
 
 
-def write_set(texts: Mapping[Path, str], inputs: Iterable[str | os.PathLike] = ()) -> None:
-    """Write every `path -> text` of `texts` (UTF-8) as one `OutputSet`: all new or all old."""
-    with OutputSet(texts, inputs=inputs) as out:
-        for path, text in texts.items():
-            out.write_text(path, text)
+def write_set(contents: Mapping[Path, str | bytes], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Write every `path -> content` (text as UTF-8) as one `OutputSet`: all new or all old."""
+    with OutputSet(contents, inputs=inputs) as out:
+        for path, content in contents.items():
+            out.write_bytes(path, content.encode("utf-8") if isinstance(content, str) else content)
 
 
 def _journal_of(path: Path) -> Path:

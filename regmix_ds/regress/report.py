@@ -13,6 +13,7 @@
 """
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import atomic_output, read_json
+from regmix_ds.core.files import read_json, write_set
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.mixture import Mixture
 from regmix_ds.regress.fit import FittedModel, format_quality, quality, read_cv_predictions
@@ -31,11 +32,11 @@ from regmix_ds.regress.tables import run_rounds
 PANEL_COLUMNS = 4
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _png(figure: Figure) -> bytes:
     # Figure objects, not pyplot: no global backend or figure registry to manage.
-    with atomic_output(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-    return path
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
 
 
 def surrogate_panels(columns: Mapping[str, np.ndarray], kept: str) -> dict[str, np.ndarray]:
@@ -184,15 +185,16 @@ def report(model_dir: str | os.PathLike, out_dir: str | os.PathLike,
     label = fitted.target.label
     panels = surrogate_panels(columns, fitted.model.regressor)
     out_dir = Path(out_dir)
-    written = [
-        _save(predicted_vs_measured(measured, panels, label), out_dir / "predicted_vs_measured.png"),
-        _save(domain_vs_target(fitted.domains, weights, target, label), out_dir / "domain_vs_target.png"),
-    ]
+    pngs = {
+        out_dir / "predicted_vs_measured.png": _png(predicted_vs_measured(measured, panels, label)),
+        out_dir / "domain_vs_target.png": _png(domain_vs_target(fitted.domains, weights, target, label)),
+    }
     if bests:
-        written.append(_save(chosen_weights(*bests[0], compared=bests[1:]), out_dir / "weights.png"))
+        pngs[out_dir / "weights.png"] = _png(chosen_weights(*bests[0], compared=bests[1:]))
     if len(set(rounds.values())) > 1:
         index = fitted.training_table().mixtures.index
-        written.append(_save(round_progress(index, rounds, target, label), out_dir / "rounds.png"))
+        pngs[out_dir / "rounds.png"] = _png(round_progress(index, rounds, target, label))
     if comparison is not None:
-        written.append(_save(transfer_scatter(comparison), out_dir / "transfer.png"))
-    return written
+        pngs[out_dir / "transfer.png"] = _png(transfer_scatter(comparison))
+    write_set(pngs)  # killed at any instant: the previous report or this one, never a mix
+    return list(pngs)
