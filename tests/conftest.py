@@ -13,11 +13,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 # DeepSpeed compiles a communication op on first use; one cache for the whole project.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # One compute thread per xdist worker (and for what it starts, unless that sets its own): two
-    # workers of two threads each would oversubscribe two cores, and a parallel operator waits for
-    # its slowest thread, so one core busy with anything else would slow every operator by half.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
