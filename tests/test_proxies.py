@@ -63,6 +63,7 @@ def test_proxy_needs_a_known_index_and_a_proxy_section(tiny_experiment, tmp_path
     assert no_proxy.returncode == 2 and "no proxy: section" in no_proxy.stderr
 
 
+@pytest.mark.slow
 def test_run_swarm_trains_every_proxy_and_a_second_run_trains_none(tiny_experiment):
     config = tiny_experiment(n=3)
     first = run_cli("run-swarm", "--config", config, "--jobs", 2)
@@ -75,6 +76,7 @@ def test_run_swarm_trains_every_proxy_and_a_second_run_trains_none(tiny_experime
     assert second.returncode == 0 and "3 of 3 proxies already done; training 0" in second.stdout
 
 
+@pytest.mark.slow
 def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path):
     config = tiny_experiment(n=1, steps=60, save_interval=1000)
     experiment = ExperimentConfig.load(config)
@@ -104,6 +106,7 @@ def test_a_malformed_array_task_id_is_one_line(tiny_experiment):
     assert done.stderr.strip() == "regmix-ds proxy: error: SLURM_ARRAY_TASK_ID: expected an array task number, got '1a'"
 
 
+@pytest.mark.slow
 def test_two_runners_on_one_work_dir_train_every_proxy_once(tiny_experiment):
     """The first runner's proxy 1 stops itself (SIGSTOP) after a step, holding the run; a second
     runner then trains the rest and leaves proxy 1 to its owner, who finishes it when resumed."""

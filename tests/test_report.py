@@ -91,6 +91,7 @@ def test_one_panel_per_surrogate_after_auto():
     assert list(surrogate_panels({"predicted": measured}, "lightgbm")) == ["lightgbm"]
 
 
+@pytest.mark.slow
 def test_a_report_killed_at_any_instant_leaves_no_mix_of_plots(fitted, tmp_path):
     """SIGKILL at every fault point of its writing: no plots or all three new ones (the same bytes as
     an uninterrupted run), whatever instant it was killed at."""

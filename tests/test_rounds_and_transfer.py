@@ -18,6 +18,8 @@ from regmix_ds.regress.transfer import paired_losses, rank_agreement
 from tests.conftest import corpus_of, make_experiment
 from tests.helpers import run_cli
 
+pytestmark = pytest.mark.slow  # trains a swarm, a second round and a transfer tier
+
 
 def ok(*args):
     done = run_cli(*args)

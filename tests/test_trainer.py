@@ -303,6 +303,7 @@ def test_saved_hf_model_reproduces_the_validation_loss(plain_runs, tiny_manifest
     assert_hf_model_reproduces(plain_runs["reference"], tiny_manifest)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_losses(plain_runs, tiny_manifest):
     base, mixture = plain_runs["base"], plain_runs["mixture"]
     out = base / "interrupted"
