@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -87,9 +88,12 @@ def main() -> None:
 
         raw_tokens = raw_tokenize(tokenizer, texts)
 
+        manifests = []
+
         def pipeline() -> None:
-            for source in sources:
-                stage.build_source(source, raw[source.name], tokenizer, config, root / "cache")
+            stages = {s.name: functools.partial(stage.build_source, s, raw[s.name], tokenizer, config, root / "cache")
+                      for s in sources}
+            manifests.append(stage.write_data_set(sources, config, tokenizer, stages))
 
         # Interleaved, best of each: on a shared machine the load drifts between runs.
         raw_times, pipeline_times = [], []
@@ -97,7 +101,7 @@ def main() -> None:
             raw_times.append(timed(lambda: raw_tokenize(tokenizer, texts)))
             pipeline_times.append(timed(pipeline))
         raw_s, pipeline_s = min(raw_times), min(pipeline_times)
-        manifest = stage.save_manifest(sources, config.work.data, config, tokenizer)
+        manifest = manifests[-1]
         splits = [*manifest.train.values(), *manifest.valid.values()]
         pipeline_tokens = sum(s.tokens - s.documents for s in splits)  # EOS excluded, as in raw
         assert pipeline_tokens == raw_tokens, (pipeline_tokens, raw_tokens)

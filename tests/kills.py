@@ -16,7 +16,7 @@ import os
 import signal
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from regmix_ds.core import faults
@@ -63,27 +63,34 @@ def _reaped(pid: int, timeout: float) -> int:
 
 
 def kill_everywhere(stage: Callable[[], object], outputs: list[Path], reset: Callable[[], None],
-                    limit: int = 400) -> int:
+                    limit: int = 400, also: Sequence[list[Path]] = ()) -> int:
     """Kill `stage` at each of its fault points in turn; returns how many points it has.
 
     `reset` puts the inputs and the old outputs back before each run; outputs must come out
-    byte-identical from two uninterrupted runs (the stage is deterministic).
+    byte-identical from two uninterrupted runs (the stage is deterministic). A stage that commits
+    more than one set (a tokenize task's part, then the merge) names the others in `also`: each
+    set must be old or new on its own.
     """
+    sets = [outputs, *also]
     reset()
-    old = snapshot(outputs)
+    old = [snapshot(paths) for paths in sets]
     assert not run_forked(stage, None)
-    new = snapshot(outputs)
-    assert new != old, "the stage changed none of its outputs: nothing to test"
+    new = [snapshot(paths) for paths in sets]
+    assert all(n != o for n, o in zip(new, old)), "the stage left one of its output sets as it was: nothing to test"
     for n in range(1, limit + 1):
         reset()
         killed = run_forked(stage, f"{faults.ANY}@{n}")
-        left = snapshot(outputs)
-        if left != old and left != new:
-            mixed = sorted(path for path in left if left[path] != new[path] and left[path] != old[path])
-            torn = mixed or sorted(path for path in left if left[path] != old[path])
-            raise AssertionError(f"killed at fault point {n}: outputs are neither the old set nor the new one "
-                                 f"(differing: {', '.join(Path(p).name for p in torn)})")
+        for paths, was, becomes in zip(sets, old, new):
+            _check_old_or_new(snapshot(paths), was, becomes, n)
         if not killed:
             assert n > 1, "the stage reached no fault point: no kill was tested"
             return n - 1
     raise AssertionError(f"the stage still reached fault point {limit}: raise the limit")
+
+
+def _check_old_or_new(left: dict, old: dict, new: dict, point: int) -> None:
+    if left != old and left != new:
+        mixed = sorted(path for path in left if left[path] != new[path] and left[path] != old[path])
+        torn = mixed or sorted(path for path in left if left[path] != old[path])
+        raise AssertionError(f"killed at fault point {point}: outputs are neither the old set nor the new one "
+                             f"(differing: {', '.join(Path(p).name for p in torn)})")

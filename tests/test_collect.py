@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -137,8 +138,10 @@ def start_collector(experiment: ExperimentConfig, fault: str | None = None) -> s
     env = {**os.environ, **({"REGMIX_FAULT": fault} if fault else {})}
     child = subprocess.Popen([sys.executable, "-c", COLLECTOR, experiment.path], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env)
-    ready = child.stdout.readline().strip()
-    assert ready == "ready", f"collector exited {child.wait()} before it was ready: {child.stderr.read()[-2000:]}"
+    readable, _, _ = select.select([child.stdout], [], [], 120)  # bounded: a wedged child fails, not hangs
+    if not readable or child.stdout.readline().strip() != "ready":
+        child.kill()
+        raise AssertionError(f"collector not ready within 120 s (exit {child.wait()}): {child.stderr.read()[-2000:]}")
     return child
 
 

@@ -204,6 +204,7 @@ def test_a_damaged_shard_stops_training_before_it_starts(tiny_manifest, tmp_path
     from regmix_ds.core.mixture import Mixture
 
     data = Path(shutil.copytree(tiny_manifest.parent, tmp_path / "data"))
+    shutil.copytree(tiny_manifest.parent.parent / "tokenizer", tmp_path / "tokenizer")  # the manifest says ../tokenizer
     manifest = Manifest.load(data / "manifest.json")
     suffix, edit, problem = BAD_FILES[case]
     path = corrupt(manifest.train["code"].prefix, suffix, edit)

@@ -120,6 +120,28 @@ def test_tasks_merge_when_the_last_one_finishes_and_running_them_again_does_noth
     assert {str(p): p.stat().st_mtime_ns for p in data.rglob("*")} == before
 
 
+@pytest.mark.slow
+def test_the_last_task_killed_at_any_instant_leaves_its_part_and_the_corpus_old_or_new(tmp_path, tokenizer_dir):
+    from tests.kills import kill_everywhere
+
+    domains = {name: {"paths": [write_jsonl(tmp_path / f"{name}.jsonl", [f"{name} text {j}" for j in range(12)])]}
+               for name in ("web", "code")}
+    experiment = ExperimentConfig.load(per_file_config(tmp_path, tokenizer_dir, domains))
+    assert run_array_task(experiment, 1).manifest is None  # web's part; code's task (2) is the last
+    data, saved = experiment.work.data.path, tmp_path / "saved"
+    shutil.copytree(data, saved)
+
+    def reset():
+        shutil.rmtree(data)
+        shutil.copytree(saved, data)
+
+    part = [data / "code" / name for name in ("part-00000.json", "train-00000.bin", "train-00000.idx",
+                                              "valid-00000.bin", "valid-00000.idx")]
+    merged = [data / "manifest.json", *(data / f"{name}.prepared.json" for name in domains),
+              *(data / f"{name}_valid.{kind}" for name in domains for kind in ("bin", "idx"))]
+    assert kill_everywhere(lambda: run_array_task(experiment, 2), part, reset, also=[merged]) >= 20
+
+
 def test_a_task_killed_mid_shard_is_redone_to_the_same_bytes(tmp_path, tokenizer_dir):
     many = [f"document {j} with a few words" for j in range(2500)]  # 3 map batches: 3 blocks in the shard
     killed, reference = tmp_path / "killed", tmp_path / "reference"
@@ -134,14 +156,14 @@ def test_a_task_killed_mid_shard_is_redone_to_the_same_bytes(tmp_path, tokenizer
     dead = run_cli("prepare", "--config", killed / "exp.yaml", "--task", 1, env=env)
     assert dead.returncode == -signal.SIGKILL, dead.stderr
     part_dir = killed / "work" / "data" / "big"
-    assert [p.name for p in part_dir.iterdir() if p.name.startswith(".train-00000.bin.")]  # the half-written .bin
+    assert [p.name for p in part_dir.iterdir() if p.name.startswith(".train-00000.bin.")]  # the half-staged .bin
     assert not (part_dir / "part-00000.json").exists() and not (part_dir / "train-00000.bin").exists()
 
     for task in (1, 2):
         done = run_cli("prepare", "--config", killed / "exp.yaml", "--task", task)
         assert done.returncode == 0, done.stderr
     assert "manifest.json: 2 domains" in done.stdout
-    assert not list((killed / "work").rglob("*.tmp"))
+    assert not list((killed / "work").rglob("*.stage")) and not list((killed / "work").rglob("*.tmp"))
 
     def shards(directory):
         data = directory / "work" / "data"

@@ -32,6 +32,12 @@ def data_files(config_path):
     return {p.name: p.stat().st_mtime_ns for p in data.iterdir() if p.name != "manifest.json"}
 
 
+def corpus_bytes(config_path):
+    """Every file of the data directory but the writers' lock, by name: what a reader finds."""
+    data = config_path.parent / "work" / "data"
+    return {p.name: p.read_bytes() for p in data.iterdir() if p.name != ".prepare.lock"}
+
+
 def decode_documents(dataset, tokenizer):
     eos = tokenizer.eos_token_id
     documents = []
@@ -125,29 +131,28 @@ def test_forced_rebuild_is_byte_identical(workspace):
     assert {p.name: p.read_bytes() for p in data.glob("*.[bi][id][nx]")} == before
 
 
-def test_crash_midway_never_looks_done(workspace, monkeypatch):
+def test_a_crash_midway_leaves_the_old_corpus_whole(workspace, monkeypatch):
     corpus = workspace.parent
     for path in corpus.glob("*.jsonl"):
         os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    before = corpus_bytes(workspace)
     real_write_split, calls = prepare_module.write_split, []
 
     def write_split_then_die(*args, **kwargs):
         calls.append(args[2])
-        if len(calls) == 3:  # news train+valid done, dies writing code's train split
+        if len(calls) == 3:  # news train+valid staged, dies writing code's train split
             raise KeyboardInterrupt
         return real_write_split(*args, **kwargs)
 
     monkeypatch.setattr(prepare_module, "write_split", write_split_then_die)
     with pytest.raises(KeyboardInterrupt):
         prepare(ExperimentConfig.load(workspace))
-    data = corpus / "work" / "data"
-    assert not (data / "manifest.json").exists()
-    assert not list(data.glob(".*.tmp"))
+    assert len(calls) == 3
+    assert corpus_bytes(workspace) == before  # manifest, stamps and shards: the old ones, nothing staged left
     monkeypatch.setattr(prepare_module, "write_split", real_write_split)
 
-    news_done = data_files(workspace)["news.prepared.json"]
     manifest = prepare(ExperimentConfig.load(workspace))
-    assert data_files(workspace)["news.prepared.json"] == news_done  # finished before the crash: kept
+    assert corpus_bytes(workspace)["manifest.json"] != before["manifest.json"]  # the new inputs' hashes
     for split in [*manifest.train.values(), *manifest.valid.values()]:
         assert IndexedDataset(split.prefix).num_tokens == split.tokens
 
@@ -274,3 +279,27 @@ def test_train_tokenizer_refuses_a_foreign_directory(tmp_path, capsys):
     assert "not a tokenizer trained by regmix-ds" in error_line(capsys.readouterr().err)
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.slow
+def test_prepare_killed_at_any_instant_leaves_the_old_corpus_or_the_new(workspace, tmp_path):
+    from tests.kills import kill_everywhere
+
+    corpus = workspace.parent
+    data, saved = corpus / "work" / "data", tmp_path / "saved-data"
+    shutil.copytree(data, saved)
+    changed = {}
+    for name in ("news.jsonl", "target.jsonl"):  # a domain (train and valid shards) and a target set (valid only)
+        path = corpus / name
+        changed[path] = ("".join(path.read_text().splitlines(keepends=True)[1:]), path.stat().st_mtime_ns + 10**9)
+
+    def reset():
+        shutil.rmtree(data)
+        shutil.copytree(saved, data)
+        for path, (text, mtime) in changed.items():
+            path.write_text(text)
+            os.utime(path, ns=(mtime, mtime))  # the stamps record mtimes: every run must see the same ones
+
+    config = ExperimentConfig.load(workspace)
+    outputs = [data / path.name for path in saved.iterdir()]
+    assert kill_everywhere(lambda: prepare(config), outputs, reset) >= 20

@@ -10,7 +10,7 @@ the variable (always, outside those tests) a point costs one comparison.
 The points: `step` (a training step was taken and logged), `checkpoint` (a DeepSpeed save's
 files are written, its completion marker not yet), `member checkpoint` (one group member's
 checkpoint is written), `shard` (`prepare` appended a block of documents to a token shard's
-temporary .bin, not yet renamed into place), `open <file name>` (an atomic write's temporary file
+staged .bin, not yet committed), `open <file name>` (an atomic write's temporary file
 was just created, still empty), `write <file name>` (that temporary file is complete and synced,
 not yet renamed into place), `stage <file name>` (one output of a stage's set is staged) and
 `commit <file name>` (a committed set is about to rename that output into place). `*` matches them all.

@@ -98,17 +98,19 @@ class OutputSet:
     writer throws the leftovers away); killed after it, whichever reader comes first (every
     read in this module calls `settle`) finishes the renames, whichever output it reads, so the
     set reads as the new one. Outputs in different directories (best.json and a DeepSpeed config
-    elsewhere) are covered the same way. One writer of a given set at a time.
+    elsewhere) are covered the same way. One writer of a given set at a time: entering a set
+    also throws away what a writer killed while staging left (`.<name>.*.stage` beside each output).
     """
 
     def __init__(self, outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()):
         self.outputs = [Path(path) for path in outputs]
-        _refuse_overwriting_inputs(self.outputs, [Path(path) for path in inputs])
+        check_outputs(self.outputs, inputs)
         self._staged: dict[Path, Path] = {}
 
     def __enter__(self) -> OutputSet:
         for path in self.outputs:
             settle(path, discard_uncommitted=True)
+            _remove_abandoned_stages(path)
         return self
 
     def staged(self, path: str | os.PathLike) -> Path:
@@ -176,6 +178,13 @@ def write_set(contents: Mapping[Path, str | bytes], inputs: Iterable[str | os.Pa
             out.write_bytes(path, content.encode("utf-8") if isinstance(content, str) else content)
 
 
+def _remove_abandoned_stages(path: Path) -> None:
+    """Staged copies of `path` a killed writer left before its commit (a token shard's can be gigabytes)."""
+    for entry in entries(path.parent):
+        if entry.name.startswith(f".{path.name}.") and entry.name.endswith(".stage"):
+            _unlink_quietly(entry)
+
+
 def _journal_of(path: Path) -> Path:
     return path.with_name(f".{path.name}.commit")
 
@@ -219,6 +228,29 @@ def settle(path: str | os.PathLike, discard_uncommitted: bool = False) -> None:
         for staged, final in renames:
             _unlink_quietly(staged)
             _unlink_quietly(_journal_of(Path(final)))
+
+
+def check_outputs(outputs: Iterable[str | os.PathLike], inputs: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse, before a stage's work, outputs the file system will not take: a directory where a
+    file goes, a file where a directory goes, a read-only or unwritable directory, an output that
+    is also an input. (A full disk shows only when the stage writes: `cannot_write` then.)"""
+    outputs = [Path(path) for path in outputs]
+    _refuse_overwriting_inputs(outputs, [Path(path) for path in inputs])
+    for path in outputs:
+        if path.is_dir():
+            raise RegmixError(path, "is a directory, expected a file path")
+        directory = _nearest_existing(path.parent)
+        if not directory.is_dir():
+            raise RegmixError(directory, "is a file, expected a directory")
+        if not os.access(directory, os.W_OK):
+            code = errno.EROFS if os.statvfs(directory).f_flag & os.ST_RDONLY else errno.EACCES
+            raise cannot_write(path, OSError(code, os.strerror(code)))
+
+
+def _nearest_existing(path: Path) -> Path:
+    while not os.path.lexists(path) and path != path.parent:
+        path = path.parent
+    return path
 
 
 def _refuse_overwriting_inputs(outputs: list[Path], inputs: list[Path]) -> None:
@@ -468,12 +500,13 @@ def _exchange(first: Path, second: Path) -> bool:
 
 
 @contextlib.contextmanager
-def exclusive(locks: Iterable[str | os.PathLike]) -> Iterator[bool]:
+def exclusive(locks: Iterable[str | os.PathLike], wait: bool = False) -> Iterator[bool]:
     """Hold an exclusive lock on every file of `locks` (created if missing), or on none.
 
     Yields True while this process holds them all; False, holding none, when another process
-    holds any. The locks are `flock`s: the kernel drops them when their holder exits or is
-    killed, so a crashed process never leaves one stuck.
+    holds any (with `wait`, it waits for them instead and always yields True). The locks are
+    `flock`s: the kernel drops them when their holder exits or is killed, so a crashed process
+    never leaves one stuck.
     """
     handles = []
     try:
@@ -482,7 +515,7 @@ def exclusive(locks: Iterable[str | os.PathLike]) -> Iterator[bool]:
             handle = open(lock, "a+b")  # noqa: SIM115 - held open until the lock is released
             handles.append(handle)
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 yield False
                 return

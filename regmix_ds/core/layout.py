@@ -93,6 +93,11 @@ class DataDir:
         """The Megatron prefix (`<prefix>.bin` + `<prefix>.idx`) of one split of one domain."""
         return self.path / f"{name}_{split}"
 
+    @property
+    def lock(self) -> Path:
+        """Held (flock) by the process writing the directory's shards, stamps and manifest: one at a time."""
+        return self.path / ".prepare.lock"
+
     def stamp(self, name: str) -> Path:
         """What a domain's shards were built from (`prepare` skips a domain whose stamp matches)."""
         return self.path / f"{name}.prepared.json"

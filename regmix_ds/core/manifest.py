@@ -27,6 +27,7 @@ from typing import Any
 
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.layout import DataDir
 from regmix_ds.core.names import check_safe_name
 
 FORMAT = "regmix-ds/manifest-2"
@@ -140,6 +141,7 @@ class Manifest:
     @property
     def tokenizer_path(self) -> str:
         """A local directory (absolute) or a hub name, as `prepare` used it."""
+        self.check_tokenizer()
         local = self.path.parent / str(self.tokenizer["path"])
         return str(local) if local.exists() else str(self.tokenizer["path"])
 
@@ -170,24 +172,57 @@ class Manifest:
             check_safe_name(name, path, "domain name")
         if not train:
             raise RegmixError(path, "manifest lists no domains")
-        return cls(path, tokenizer, seed, train, valid, hashes)
+        manifest = cls(path, tokenizer, seed, train, valid, hashes)
+        manifest.check_against_stamps()
+        return manifest
+
+    def check_against_stamps(self) -> None:
+        """Each domain's splits must be the ones `prepare` recorded in its stamp beside the manifest
+        (when there is one): a hand edit that swapped two domains' shards would train each domain's
+        weight on the other's tokens, silently."""
+        data_dir = DataDir(self.path.parent)
+        for name in self.valid:
+            stamp_path = data_dir.stamp(name)
+            if not stamp_path.is_file():
+                continue
+            try:
+                recorded = {kind: Split.from_json(entry, data_dir.path)
+                            for kind, entry in read_json(stamp_path)["splits"].items()}
+            except (KeyError, TypeError, ValueError, AttributeError, RegmixError):
+                continue  # not a stamp we can read: prepare rebuilds it; nothing to compare with
+            listed = {"valid": self.valid[name], **({"train": self.train[name]} if name in self.train else {})}
+            for kind, split in listed.items():
+                if kind in recorded and recorded[kind] != split:
+                    raise RegmixError(self.path, f"domain {name!r}: its {kind} shards are not the ones prepare "
+                                                 f"recorded in {stamp_path.name} (edited by hand? run prepare again)")
+
+    def check_tokenizer(self) -> None:
+        """Refuse a tokenizer path that names a local directory (relative or absolute, as `prepare`
+        writes one) that is not there; a hub name (`org/name`) is the hub's to answer."""
+        path = str(self.tokenizer["path"])
+        looks_local = path.startswith((".", "/")) or path.count("/") > 1
+        if looks_local and not (self.path.parent / path).is_dir():
+            raise RegmixError(self.path, f"tokenizer {path} not found (relative to the manifest)")
 
     def save(self) -> None:
-        """Write the manifest to its `path` atomically (prefixes as in `Shard.to_json`); a file that
-        already says the same is left untouched."""
+        """Write the manifest to its `path` atomically; a file that already says the same is left untouched."""
+        content = self.content()
+        with contextlib.suppress(RegmixError):
+            if self.path.exists() and read_json(self.path) == content:
+                return
+        write_json_atomic(self.path, content)
+
+    def content(self) -> dict:
+        """The manifest as its JSON file holds it (prefixes as in `Shard.to_json`)."""
         base = self.path.parent
 
         def entry(name: str) -> dict:
             return {"valid": self.valid[name].to_json(base), "inputs_hash": self.inputs_hash.get(name, "")}
 
-        content = {
+        return {
             "format": FORMAT,
             "tokenizer": dict(self.tokenizer),
             "seed": self.seed,
             "domains": {n: {"train": self.train[n].to_json(base), **entry(n)} for n in self.domains},
             "targets": {n: entry(n) for n in self.targets},
         }
-        with contextlib.suppress(RegmixError):
-            if self.path.exists() and read_json(self.path) == content:
-                return
-        write_json_atomic(self.path, content)

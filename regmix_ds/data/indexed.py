@@ -28,16 +28,17 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 import numpy as np
 
+from regmix_ds.core import faults
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import follow_umask
+from regmix_ds.core.files import OutputSet, settle
 from regmix_ds.core.manifest import Split
 
 MAGIC = b"MMIDIDX\x00\x00"
@@ -70,15 +71,17 @@ def paths_of(prefix: str | os.PathLike) -> tuple[Path, Path]:
 
 
 class IndexedWriter:
-    """Write one indexed dataset; nothing appears under `prefix` unless the `with` block succeeds.
+    """Write one indexed dataset as part of an output set: nothing appears under `prefix` unless
+    the set commits.
 
-    Tokens stream into a temporary .bin beside the target; on success the .idx is written to a
-    temporary file too, any old .idx is removed first, then .bin and .idx are renamed into
-    place. At every instant the prefix holds the old complete pair, the new complete pair, or
-    no .idx at all, which readers (and `prepare`'s skip check) treat as not there.
+    Tokens stream into the staged .bin and the index goes to the staged .idx. With `into` (an
+    entered `OutputSet` that lists both files) the pair commits with the rest of that set, so a
+    stage's shards, stamps and manifest change together; without it, the pair is a set of its
+    own, committed when the `with` block succeeds. Readers (`IndexedDataset`, `read_header`)
+    settle a commit that a kill interrupted, so at every instant they see the old pair or the new one.
     """
 
-    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type):
+    def __init__(self, prefix: str | os.PathLike, dtype: np.dtype | type, into: OutputSet | None = None):
         self.dtype = np.dtype(dtype)
         if self.dtype not in CODE_OF_DTYPE:
             raise RegmixError(prefix, f"dtype {self.dtype} has no Megatron dtype code")
@@ -86,14 +89,14 @@ class IndexedWriter:
         self._lengths: list[np.ndarray] = []
         self.num_tokens = 0
         self.num_documents = 0
-        self._bin = None
-        self._bin_tmp = ""
+        self._into = into
+        self._own_set = contextlib.ExitStack()
+        self._bin: BinaryIO | None = None
 
     def __enter__(self) -> IndexedWriter:
-        self.bin_path.parent.mkdir(parents=True, exist_ok=True)
-        fd, self._bin_tmp = tempfile.mkstemp(dir=self.bin_path.parent, prefix=f".{self.bin_path.name}.", suffix=".tmp")
-        follow_umask(self._bin_tmp)
-        self._bin = os.fdopen(fd, "wb")
+        if self._into is None:
+            self._into = self._own_set.enter_context(OutputSet([self.bin_path, self.idx_path]))
+        self._bin = open(self._into.staged(self.bin_path), "wb")
         return self
 
     def add_document(self, tokens: Sequence[int] | np.ndarray) -> None:
@@ -117,40 +120,26 @@ class IndexedWriter:
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._bin.close()
-        if exc_type is not None:
-            os.unlink(self._bin_tmp)
-            return
-        try:
-            lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
-            idx_tmp = self._write_index(lengths)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.idx_path)
-            os.replace(self._bin_tmp, self.bin_path)
-            os.replace(idx_tmp, self.idx_path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._bin_tmp)
-            raise
+        if exc_type is None:
+            try:
+                self._write_index()
+            except BaseException as err:
+                self._own_set.__exit__(type(err), err, err.__traceback__)
+                raise
+        self._own_set.__exit__(exc_type, exc, tb)
 
-    def _write_index(self, lengths: np.ndarray) -> str:
+    def _write_index(self) -> None:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
         count = lengths.size
         pointers = np.zeros(count, dtype=np.int64)
         np.cumsum(lengths[:-1] * self.dtype.itemsize, out=pointers[1:])
         document_indices = np.arange(count + 1, dtype=np.int64)
-        fd, idx_tmp = tempfile.mkstemp(dir=self.idx_path.parent, prefix=f".{self.idx_path.name}.", suffix=".tmp")
-        follow_umask(idx_tmp)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], count, count + 1))
-                handle.write(lengths.astype(np.int32).tobytes())
-                handle.write(pointers.tobytes())
-                handle.write(document_indices.tobytes())
-                handle.flush()
-                os.fsync(handle.fileno())
-        except BaseException:
-            os.unlink(idx_tmp)
-            raise
-        return idx_tmp
+        with open(self._into.staged(self.idx_path), "wb") as handle:
+            handle.write(HEADER.pack(MAGIC, VERSION, CODE_OF_DTYPE[self.dtype], count, count + 1))
+            handle.write(lengths.astype(np.int32).tobytes())
+            handle.write(pointers.tobytes())
+            handle.write(document_indices.tobytes())
+        faults.reached(f"stage {self.idx_path.name}")
 
 
 def write_indexed(prefix: str | os.PathLike, documents: Iterable[Sequence[int] | np.ndarray],
@@ -214,6 +203,7 @@ class IndexedDataset:
 
 
 def _read_index(idx_path: Path) -> tuple[np.dtype, np.ndarray, np.ndarray, np.ndarray]:
+    settle(idx_path)  # a commit of this pair that a kill interrupted is finished before it is read
     try:
         size = idx_path.stat().st_size
         # Mapped, not read: the index of a large corpus is gigabytes and every rank opens it.
@@ -356,6 +346,7 @@ def read_header(prefix: str | os.PathLike) -> ShardHeader:
     header promises, and that the .bin ends where the last sequence's pointer and length say.
     A few dozen bytes read, whatever the shard's size (a training run checks the rest when it opens it)."""
     bin_path, idx_path = paths_of(prefix)
+    settle(idx_path)
     try:
         size = idx_path.stat().st_size
         with open(idx_path, "rb") as handle:

@@ -153,14 +153,6 @@ def stamps_present(tasks: Sequence[Task], data_dir: DataDir) -> bool:
     return True
 
 
-def remove_partial_writes(prefix: Path) -> None:
-    """Delete what a killed earlier attempt left of a shard's .bin and .idx (or of a stamp file): its
-    hidden temporaries `.<name>.*.tmp` (only this task writes them)."""
-    for path in entries(prefix.parent):
-        if path.name.startswith(f".{prefix.name}.") and path.name.endswith(".tmp"):
-            path.unlink(missing_ok=True)
-
-
 def task_input(task: Task, directory: Path) -> Path | None:
     """The file to read: the input itself, or its chunk copied into `directory` (None: no line
     starts inside the chunk)."""

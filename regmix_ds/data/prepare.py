@@ -11,26 +11,32 @@ Order of work, chosen so a bad input never leaves anything behind:
   2. load every domain that needs (re)building into a temporary `datasets` cache and check it
      (text field present and textual, some non-empty documents, enough for the valid split);
   3. only then write: train the tokenizer if asked, tokenize with `datasets.map(batched,
-     num_proc)`, write each domain's shards atomically, then its stamp, and the manifest last.
+     num_proc)`, and stage every changed domain's shards and stamp, and the manifest.
+
+Everything one run changes (shards, stamps, manifest) is one `OutputSet`: killed at any instant,
+the data directory holds the old corpus or the new one, whole, never a manifest that disagrees
+with its shards. The price: a `shard_by: domain` run killed midway redoes all its domains; with
+`shard_by: file` every finished task's part (its shards and stamp, one set each) is kept, and only
+the merge is one set. One process writes a data directory's set at a time (`DataDir.lock`; a
+second waits, then finds its work done).
 
 With `shard_by: domain`, a domain is skipped when its stamp (`data/<name>.prepared.json`) records the same inputs hash
 (input files' paths, sizes and mtimes, text field, split settings, tokenizer fingerprint) and
-its shards open cleanly. Shards are renamed into place whole; the stamp is written after them
-and the manifest after every stamp, and an old manifest is removed before any shard it
-describes is replaced, so a half-written domain never looks done. Registered shards and
-finished parts are checked whole before anything is written, and their stamps work the same way.
+its shards open cleanly. Registered shards and finished parts are checked whole before anything
+is written, and their stamps work the same way.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +46,7 @@ import numpy as np
 from regmix_ds.core import faults
 from regmix_ds.core.config import DomainSource, ExperimentConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import read_json, write_json_atomic
+from regmix_ds.core.files import OutputSet, exclusive, read_json
 from regmix_ds.core.layout import DataDir
 from regmix_ds.core.manifest import Manifest, Shard, Split
 from regmix_ds.core.progress import bar as progress_bar
@@ -48,7 +54,7 @@ from regmix_ds.core.settings import locate
 from regmix_ds.data import parts as part_tasks
 from regmix_ds.data import register
 from regmix_ds.data import tokenizer as tok
-from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, read_header
+from regmix_ds.data.indexed import IndexedDataset, IndexedWriter, dtype_for_vocab, paths_of, read_header
 from regmix_ds.data.parts import Task
 from regmix_ds.data.register import Registration, ShardSource
 
@@ -116,17 +122,14 @@ def prepare(config: ExperimentConfig, *, train_tokenizer: bool = False, force: b
             return _merged_or_fail(config, sources, tokenizer, force=force)
         pending = [s for s in text if must_train or force or not _is_current(s, data_dir, config, tokenizer)]
         raw = {s.name: load_raw(s, Path(cache), None if s.is_target else data.valid_documents) for s in pending}
-        if must_train:
-            tokenizer = _train_tokenizer(raw, text, config, corpus_hash)
-            pending = [s for s in pending if force or not _is_current(s, data_dir, config, tokenizer)]
-        stale = [r for r in registered if force or not _registration_is_current(r, data_dir)]
-        if pending or stale:
-            _remove_manifest(data_dir)
-        for source in pending:
-            build_source(source, raw[source.name], tokenizer, config, Path(cache))
-        for registration in stale:
-            write_registration(registration, data_dir)
-    return save_manifest(sources, data_dir, config, tokenizer)
+        with exclusive([data_dir.lock], wait=True):
+            if must_train:
+                tokenizer = _train_tokenizer(raw, text, config, corpus_hash)
+                pending = [s for s in pending if force or not _is_current(s, data_dir, config, tokenizer)]
+            stale = [r for r in registered if force or not _registration_is_current(r, data_dir)]
+            built = {s.name: functools.partial(build_source, s, raw[s.name], tokenizer, config, Path(cache))
+                     for s in pending}
+            return write_data_set(sources, config, tokenizer, {**built, **_registering(stale, data_dir)})
 
 
 def _train_tokenizer(raw: Mapping[str, Any], text: list[Source], config: ExperimentConfig, corpus_hash: str) -> Any:
@@ -326,8 +329,10 @@ def _tokenizer_threads(workers: int) -> Iterator[None]:
             os.environ["TOKENIZERS_PARALLELISM"] = previous
 
 
-def build_source(source: Source, raw: Any, tokenizer: Any, config: ExperimentConfig, cache: Path) -> None:
-    """Tokenize one source, write its shards (train+valid, or valid only for a target), then its stamp."""
+def build_source(source: Source, raw: Any, tokenizer: Any, config: ExperimentConfig, cache: Path,
+                 out: OutputSet) -> dict:
+    """Tokenize one source and stage its shards (train+valid, or valid only for a target) in `out`;
+    returns its stamp."""
     data_dir = config.work.data
     tokens = tokenize(raw, source, tokenizer, config.data.num_proc, cache)
     dtype = dtype_for_vocab(len(tokenizer))
@@ -337,13 +342,14 @@ def build_source(source: Source, raw: Any, tokenizer: Any, config: ExperimentCon
     for split, wanted in (("train", ~is_valid), ("valid", is_valid)):
         if wanted.any():
             prefix = data_dir.prefix(source.name, split)
-            splits[split] = write_split(tokens, wanted, prefix, dtype, f"write {source.name}_{split}")
-    stamp = {
-        "format": STAMP_FORMAT,
-        "inputs_hash": _inputs_hash(source, config, tokenizer),
-        "splits": {split: s.to_json(data_dir.path) for split, s in splits.items()},
-    }
-    write_json_atomic(data_dir.stamp(source.name), stamp)
+            splits[split] = write_split(tokens, wanted, prefix, dtype, f"write {source.name}_{split}", out)
+    return _stamp(_inputs_hash(source, config, tokenizer), splits, data_dir)
+
+
+def _stamp(inputs_hash: str, splits: Mapping[str, Split], data_dir: DataDir) -> dict:
+    """A source's stamp: what its shards were built from, and its splits."""
+    return {"format": STAMP_FORMAT, "inputs_hash": inputs_hash,
+            "splits": {kind: split.to_json(data_dir.path) for kind, split in splits.items()}}
 
 
 def _valid_mask(source: Source, documents: int, data: Any) -> np.ndarray:
@@ -356,10 +362,11 @@ def _valid_mask(source: Source, documents: int, data: Any) -> np.ndarray:
     return mask
 
 
-def write_split(tokens: Any, wanted: np.ndarray, prefix: Path, dtype: np.dtype, desc: str) -> Split:
-    """Stream the `wanted` documents (in input order) from the tokenized Arrow column into one shard."""
+def write_split(tokens: Any, wanted: np.ndarray, prefix: Path, dtype: np.dtype, desc: str, out: OutputSet) -> Split:
+    """Stream the `wanted` documents (in input order) from the tokenized Arrow column into one shard
+    staged in `out`."""
     first_document = 0
-    with IndexedWriter(prefix, dtype) as writer:
+    with IndexedWriter(prefix, dtype, into=out) as writer:
         for chunk in progress_bar(tokens.data.column("input_ids").chunks, desc=desc, unit="chunk"):
             keep = wanted[first_document : first_document + len(chunk)]
             first_document += len(chunk)
@@ -415,21 +422,45 @@ def _corpus_hash(sources: list[Source], config: ExperimentConfig) -> str:
     return _hash([domains, config.data.vocab_size])
 
 
-def _remove_manifest(data_dir: DataDir) -> None:
-    # Shards are about to change: a manifest describing the old ones must not outlive them.
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(data_dir.manifest)
+StageSource = Callable[[OutputSet], dict]
+"""Stages one source's shards in the set it is given and returns the source's stamp."""
 
 
-def save_manifest(sources: list[Source | ShardSource], data_dir: DataDir, config: ExperimentConfig,
-                  tokenizer: Any) -> Manifest:
-    """Write manifest.json from the domains' stamps (train splits for domains, valid for all) and return it."""
-    stamps = {s.name: read_json(data_dir.stamp(s.name)) for s in sources}
+def write_data_set(sources: list[Source | ShardSource], config: ExperimentConfig, tokenizer: Any,
+                   changed: Mapping[str, StageSource]) -> Manifest:
+    """Stage every changed source's shards and stamp, and the manifest, and commit them as one set
+    (nothing changed: only the manifest is brought up to date). Returns the manifest."""
+    data_dir = config.work.data
+    if not changed:
+        manifest = manifest_of(sources, data_dir, config, tokenizer, {})
+        manifest.save()
+        return manifest
+    with OutputSet(_set_outputs(data_dir, list(changed))) as out:
+        stamps = {}
+        for name, stage in changed.items():
+            stamps[name] = stage(out)
+            out.write_json(data_dir.stamp(name), stamps[name])
+        manifest = manifest_of(sources, data_dir, config, tokenizer, stamps)
+        out.write_json(manifest.path, manifest.content())
+    return manifest
+
+
+def _set_outputs(data_dir: DataDir, names: list[str]) -> list[Path]:
+    """Every file a run may write for sources `names`: their shards and stamps, and the manifest."""
+    shards = [path for name in names for split in ("train", "valid") for path in paths_of(data_dir.prefix(name, split))]
+    return [*shards, *(data_dir.stamp(name) for name in names), data_dir.manifest]
+
+
+def manifest_of(sources: list[Source | ShardSource], data_dir: DataDir, config: ExperimentConfig,
+                tokenizer: Any, new_stamps: Mapping[str, dict]) -> Manifest:
+    """The manifest of the domains' stamps (`new_stamps`, else the one on disk): train splits for
+    domains, valid for all."""
+    stamps = {s.name: new_stamps.get(s.name) or read_json(data_dir.stamp(s.name)) for s in sources}
 
     def split(name: str, kind: str) -> Split:
         return Split.from_json(stamps[name]["splits"][kind], data_dir.path)
 
-    manifest = Manifest(
+    return Manifest(
         path=data_dir.manifest,
         tokenizer=tok.info(tokenizer, config.data.tokenizer, config.resolve(config.data.tokenizer), data_dir.path),
         seed=config.data.seed,
@@ -437,8 +468,6 @@ def save_manifest(sources: list[Source | ShardSource], data_dir: DataDir, config
         valid={s.name: split(s.name, "valid") for s in sources},
         inputs_hash={s.name: stamps[s.name]["inputs_hash"] for s in sources},
     )
-    manifest.save()
-    return manifest
 
 
 # ---- existing shards --------------------------------------------------------------------------------
@@ -452,16 +481,15 @@ def inspect_registered(sources: list[Source | ShardSource], config: ExperimentCo
             for s in sources if isinstance(s, ShardSource)]
 
 
-def write_registration(registration: Registration, data_dir: DataDir) -> None:
-    """Write a registered source's held-out validation shard (if any), then its stamp."""
-    name = registration.name
-    valid = registration.valid or register.write_holdout(registration, data_dir.prefix(name, "valid"))
+def _registering(registrations: list[Registration], data_dir: DataDir) -> dict[str, StageSource]:
+    return {r.name: functools.partial(write_registration, r, data_dir) for r in registrations}
+
+
+def write_registration(registration: Registration, data_dir: DataDir, out: OutputSet) -> dict:
+    """Stage a registered source's held-out validation shard (if any) in `out`; returns its stamp."""
+    valid = registration.valid or register.write_holdout(registration, data_dir.prefix(registration.name, "valid"), out)
     splits = {"valid": valid} if registration.train is None else {"train": registration.train, "valid": valid}
-    write_json_atomic(data_dir.stamp(name), {
-        "format": STAMP_FORMAT,
-        "inputs_hash": registration.inputs_hash,
-        "splits": {kind: split.to_json(data_dir.path) for kind, split in splits.items()},
-    })
+    return _stamp(registration.inputs_hash, splits, data_dir)
 
 
 def _registration_is_current(registration: Registration, data_dir: DataDir) -> bool:
@@ -542,22 +570,26 @@ def run_task(task: Task, config: ExperimentConfig, tokenizer: Any, cache: Path, 
     done = None if force else part_tasks.part_is_done(task, data_dir, digest)
     if done is not None:
         return done, False
-    part_tasks.remove_partial_writes(data_dir.part_stamp(task.source.name, task.part))
+    name, part = task.source.name, task.part
     scratch = cache / f"task-{task.index}"
     part_tasks.clear(scratch)
+    shards_of_part = [path for split in ("train", "valid") for path in paths_of(data_dir.part(name, part, split))]
     try:
-        shards = _tokenize_part(task, config, tokenizer, scratch)
+        with OutputSet([*shards_of_part, data_dir.part_stamp(name, part)]) as out:
+            shards = _tokenize_part(task, config, tokenizer, scratch, out)
+            out.write_json(data_dir.part_stamp(name, part), {
+                "format": part_tasks.PART_FORMAT, "input": task.label, "inputs_hash": digest,
+                "splits": {split: shard.to_json(data_dir.path) for split, shard in shards.items()},
+            })
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    write_json_atomic(data_dir.part_stamp(task.source.name, task.part), {
-        "format": part_tasks.PART_FORMAT, "input": task.label, "inputs_hash": digest,
-        "splits": {split: shard.to_json(data_dir.path) for split, shard in shards.items()},
-    })
     return shards, True
 
 
-def _tokenize_part(task: Task, config: ExperimentConfig, tokenizer: Any, scratch: Path) -> dict[str, Shard]:
-    """A domain task's train shard and (when it holds any out) valid shard; a target task's valid shard."""
+def _tokenize_part(task: Task, config: ExperimentConfig, tokenizer: Any, scratch: Path,
+                   out: OutputSet) -> dict[str, Shard]:
+    """A domain task's train shard and (when it holds any out) valid shard, or a target task's valid
+    shard, staged in `out`."""
     data_dir, name = config.work.data, task.source.name
     dtype = dtype_for_vocab(len(tokenizer))
     file = part_tasks.task_input(task, scratch)
@@ -573,13 +605,13 @@ def _tokenize_part(task: Task, config: ExperimentConfig, tokenizer: Any, scratch
         if split == "valid" and task.valid is not None and not mask.any():
             continue
         prefix = data_dir.part(name, task.part, split)
-        part_tasks.remove_partial_writes(prefix)
         if tokens is None:
-            with IndexedWriter(prefix, dtype):
+            with IndexedWriter(prefix, dtype, into=out):
                 pass
             shards[split] = Shard(prefix, 0, 0)
         else:
-            shards[split] = write_split(tokens, mask, prefix, dtype, f"write {name} {split} part {task.part}").shards[0]
+            shards[split] = write_split(tokens, mask, prefix, dtype, f"write {name} {split} part {task.part}",
+                                        out).shards[0]
     return shards
 
 
@@ -606,12 +638,9 @@ def merge(config: ExperimentConfig, tokenizer: Any, *, force: bool = False,
         digest = _hash([STAMP_FORMAT, "parts", [digests[task.index] for task in mine]])
         registrations.append(_parts_registration(source, [done[task.index] for task in mine], digest, config))
     registrations += inspect_registered(sources, config, tokenizer)
-    stale = [r for r in registrations if force or not _registration_is_current(r, data_dir)]
-    if stale:
-        _remove_manifest(data_dir)
-    for registration in stale:
-        write_registration(registration, data_dir)
-    return save_manifest(sources, data_dir, config, tokenizer)
+    with exclusive([data_dir.lock], wait=True):  # array tasks finishing together: one merges, the others wait
+        stale = [r for r in registrations if force or not _registration_is_current(r, data_dir)]
+        return write_data_set(sources, config, tokenizer, _registering(stale, data_dir))
 
 
 def _parts_registration(source: Source, parts: list[dict[str, Shard]], digest: str,

@@ -34,6 +34,7 @@ import numpy as np
 
 from regmix_ds.core.config import DomainSource, ExperimentConfig
 from regmix_ds.core.errors import RegmixError
+from regmix_ds.core.files import OutputSet
 from regmix_ds.core.manifest import Shard, Split
 from regmix_ds.core.settings import locate
 from regmix_ds.data.indexed import IndexedWriter, ShardHeader, read_header
@@ -193,10 +194,10 @@ def holdout_counts(documents: Sequence[int], total: int) -> list[int]:
     return counts
 
 
-def write_holdout(registration: Registration, prefix: Path) -> Split:
-    """Copy the held-out documents, shard by shard, into one validation shard at `prefix`."""
+def write_holdout(registration: Registration, prefix: Path, out: OutputSet) -> Split:
+    """Copy the held-out documents, shard by shard, into one validation shard at `prefix`, staged in `out`."""
     dtype = np.result_type(*(h.header.dtype for h in registration.holdout))
-    with IndexedWriter(prefix, dtype) as writer:
+    with IndexedWriter(prefix, dtype, into=out) as writer:
         for held in registration.holdout:
             starts = held.header.document_starts(held.first, held.header.documents)
             tokens = np.asarray(held.header.tokens_at(int(starts[0]), int(starts[-1])))

@@ -93,6 +93,11 @@ DEMO_SECTIONS = {
 }
 
 
+MAX_DOCUMENTS = 1_000_000
+"""Per domain and in the target set: far more than any demo or test asks for (the demo: 1,000), and
+a typo like 1e9 fails at once instead of filling the disk."""
+
+
 @dataclass(frozen=True)
 class SynthSettings:
     """What `regmix-ds synth` generates."""
@@ -116,6 +121,11 @@ class SynthSettings:
     def __post_init__(self) -> None:
         if self.target is None:
             object.__setattr__(self, "target", dict(DEFAULT_TARGET))
+        if not 0 <= self.seed < 2**63:  # numpy's seed range; it refuses the rest with a traceback
+            raise RegmixError("--seed", f"a seed must be >= 0 and below 2**63, got {self.seed}")
+        if max(self.docs_per_domain, self.target_docs) > MAX_DOCUMENTS:
+            raise RegmixError("--docs-per-domain/--target-docs",
+                              f"at most {MAX_DOCUMENTS:,} documents (a synthetic corpus is for demos and tests)")
         if not 2 <= self.num_domains <= len(STYLES):
             raise RegmixError("--num-domains", f"must be between 2 and {len(STYLES)}, got {self.num_domains}")
         if self.docs_per_domain <= self.valid_documents:

@@ -68,12 +68,12 @@ def train_proxy(config: TrainConfig) -> int:
     from regmix_ds.train import engine, single
 
     launch = engine.discover_launch()
-    single.checked_plan(config, launch.world_size)  # a bad input is refused before the lock makes the run dir
+    plan = single.checked_plan(config, launch.world_size)  # a bad input is refused before the lock makes the run dir
     if launch.world_size > 1:
         # Every rank of a multi-rank proxy runs this: a lock would let one rank in and strand
         # the others in the first collective. Such a run is one Slurm step, unique already.
-        return marking_failures([run], lambda: single.train(config, launch))
-    return training_alone([run], lambda: single.train(config, launch))
+        return marking_failures([run], lambda: single.train(config, launch, plan))
+    return training_alone([run], lambda: single.train(config, launch, plan))
 
 
 def train_members(experiment: ExperimentConfig, indices: list[int], tier: Tier = "swarm") -> int:

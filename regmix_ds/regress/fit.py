@@ -46,7 +46,7 @@ from scipy import stats
 
 from regmix_ds.core.config import FitConfig
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import atomic_output, file_hash, json_text, read_json, settle, write_set
+from regmix_ds.core.files import atomic_output, check_outputs, file_hash, json_text, read_json, settle, write_set
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.settings import Invalid, load_section
 from regmix_ds.regress.gp import GaussianProcess
@@ -61,10 +61,18 @@ JSON_SURROGATES = {"linear": LinearModel, "loglinear": LogLinearModel, "gp": Gau
 """Surrogates saved entirely in model.json, under their own name."""
 
 
+MIN_TRAINING_RUNS = 2
+"""Runs a fold's surrogate is fitted on, at the least: one row is no regression (and LightGBM refuses it)."""
+
+
 def fold_indices(runs: int, folds: int, seed: int) -> Folds:
     """Seeded k-fold split: (training positions, held-out positions) per fold."""
     if runs < folds:
         raise Invalid(FitConfig, "folds", f"{runs} runs but {folds} folds: need at least one run per fold")
+    smallest_training = runs - math.ceil(runs / folds)
+    if smallest_training < MIN_TRAINING_RUNS:  # LightGBM cannot even build a dataset of one row
+        raise Invalid(FitConfig, "folds", f"{runs} runs in {folds} folds leave {smallest_training} to fit on in a "
+                                          f"fold; need at least {MIN_TRAINING_RUNS}")
     order = np.random.default_rng(seed).permutation(runs)
     held_out = [np.sort(part) for part in np.array_split(order, folds)]
     return [(np.setdiff1d(np.arange(runs), part), part) for part in held_out]
@@ -279,6 +287,9 @@ def fit(
 
     Everything is computed before the first file is written, so a bad input leaves nothing.
     """
+    files = FitDir(Path(out_dir))
+    check_outputs([files.sidecar, files.booster, files.report, files.cv_predictions],
+                  [entry["path"] for entry in table.inputs.values()])
     target = target.resolved(table)
     measured = target.values(table)
     held_out = _evaluation_data(evaluation, target, table.domains) if evaluation is not None else None
@@ -291,7 +302,6 @@ def fit(
                   for name in table.losses}
     result = FitResult(chosen, tried, losses, measured)
     report = fit_report(result, table, target, settings, held_out)
-    files = FitDir(Path(out_dir))
     texts = _rendered(result, table, target, settings, files)
     texts[files.report] = json_text(files.report, report)
     # One set: a fit killed at any instant leaves the previous fit whole (model, report and

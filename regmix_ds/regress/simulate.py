@@ -43,7 +43,7 @@ import numpy as np
 from regmix_ds.core.config import SimulateConfig
 from regmix_ds.core.dsconfig import load_ds_config, with_mixture
 from regmix_ds.core.errors import RegmixError
-from regmix_ds.core.files import OutputSet, file_hash
+from regmix_ds.core.files import OutputSet, check_outputs, file_hash
 from regmix_ds.core.layout import FitDir
 from regmix_ds.core.manifest import Manifest
 from regmix_ds.core.mixture import Mixture
@@ -336,10 +336,11 @@ def run_simulate(
     for role, path in paths:
         if path is not None:
             inputs[role] = {"path": str(Path(path).resolve()), "sha256": file_hash(path)}
-    result = simulate(fitted, prior, settings, manifest, progress, reference)
-    best = result.mixture.to_json(**best_json_metadata(result, fitted, settings, inputs, prior_source))
     outputs = [Path(out)] + ([Path(out_config)] if out_config is not None else [])
     input_paths = [sidecar] + [path for _, path in paths if path is not None]
+    check_outputs(outputs, input_paths)  # before the scoring, not after it
+    result = simulate(fitted, prior, settings, manifest, progress, reference)
+    best = result.mixture.to_json(**best_json_metadata(result, fitted, settings, inputs, prior_source))
     # best.json and the DeepSpeed config carrying its weights are one set: killed at any instant,
     # both are the old answer or both the new one, never two different mixtures.
     with OutputSet(outputs, inputs=input_paths) as staged:

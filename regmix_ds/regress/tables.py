@@ -122,14 +122,22 @@ def _read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+MAX_CELL = 1e18
+"""The largest magnitude a weight or loss cell may hold: far past any real one, and far enough
+below the float limit (1.8e308) that sums and squares over a whole table stay finite."""
+
+
 def _number(cell: str, path: object, where: str) -> float:
     text = cell.strip()
     if not text:
         return math.nan
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise RegmixError(path, f"{where}: not a number: {cell!r}") from None
+    if abs(value) > MAX_CELL:  # NaN and inf pass here: the weight and loss checks name them as missing or not finite
+        raise RegmixError(path, f"{where}: {text} is beyond +-{MAX_CELL:g}, not a weight or a loss")
+    return value
 
 
 def _index_column(header: list[str], body: list[list[str]], path: object) -> tuple[str, ...]:

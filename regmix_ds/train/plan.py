@@ -66,6 +66,7 @@ class RunPlan:
 def plan_run(config: TrainConfig, world_size: int) -> RunPlan:
     """Read and cross-check every input; writes nothing."""
     manifest = Manifest.load(config.manifest)
+    manifest.check_tokenizer()  # the model is saved with it at the end: fail now, not after training
     deepspeed = load_ds_config(config.deepspeed_config)
     flag_mixture = Mixture.load(config.mixture) if config.mixture is not None else None
     mixture = choose_mixture(flag_mixture, deepspeed)

@@ -200,13 +200,14 @@ def checked_plan(config: TrainConfig, world_size: int) -> RunPlan:
     return plan
 
 
-def train(config: TrainConfig, dist_env: engine.DistEnv) -> int:
+def train(config: TrainConfig, dist_env: engine.DistEnv, plan: RunPlan | None = None) -> int:
     """Run (or resume, or skip when finished) one training run; returns the process exit code.
 
     Everything that can reject the input runs before the process group starts, identically
-    on every rank, so a bad flag ends every rank with exit 2 instead of leaving one waiting.
+    on every rank, so a bad flag ends every rank with exit 2 instead of leaving one waiting
+    (`plan`: the caller's `checked_plan` of this config and world, when it already checked).
     """
-    plan = checked_plan(config, dist_env.world_size)
+    plan = plan or checked_plan(config, dist_env.world_size)
     start = decide_start(plan)
     if start == "done":
         if dist_env.is_main:
