@@ -15,6 +15,13 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".torch_extensions"))
 
 
+def pytest_collection_modifyitems(items):
+    """The slow end-to-end tests first (the demo, the longest, leads: test_demo.py sorts early):
+    the workers then share out the many quick tests at the end and finish together, instead of one
+    running the demo alone while the others wait. Longest first is the rule that keeps a schedule short."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(scope="session")
 def regmix_data() -> Path:
     """RegMix's released proxy mixtures and losses (read in place, never copied)."""

@@ -64,19 +64,6 @@ def test_proxy_needs_a_known_index_and_a_proxy_section(tiny_experiment, tmp_path
 
 
 @pytest.mark.slow
-def test_run_swarm_trains_every_proxy_and_a_second_run_trains_none(tiny_experiment):
-    config = tiny_experiment(n=3)
-    first = run_cli("run-swarm", "--config", config, "--jobs", 2)
-    assert first.returncode == 0, first.stdout + first.stderr
-    experiment = ExperimentConfig.load(config)
-    results = [json.loads((proxy_dir(experiment, i) / "result.json").read_text()) for i in (1, 2, 3)]
-    assert len({r["mixture_hash"] for r in results}) == 3
-    assert len({r["valid_loss"]["target"] for r in results}) == 3  # different mixtures, different losses
-    second = run_cli("run-swarm", "--config", config, "--jobs", 2)
-    assert second.returncode == 0 and "3 of 3 proxies already done; training 0" in second.stdout
-
-
-@pytest.mark.slow
 def test_stopped_proxy_resumes_to_the_uninterrupted_result(tiny_experiment, tmp_path):
     config = tiny_experiment(n=1, steps=60, save_interval=1000)
     experiment = ExperimentConfig.load(config)
