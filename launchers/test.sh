@@ -10,8 +10,8 @@
 # Settings from the environment:
 #   TEST_WORKERS  pytest-xdist workers (default: one more than the cores; 0 runs in this process).
 #                 The extra worker fills the time the others spend waiting on Slurm and on the
-#                 processes they start, and on a machine where something else holds a core it keeps
-#                 that core's share from setting the suite's pace (measured: README, Tests).
+#                 processes they start, and where something else holds a core, that core's share of
+#                 the work is smaller (the README's Tests section has the times measured with it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
