@@ -447,8 +447,13 @@ def write_data_set(sources: list[Source | ShardSource], config: ExperimentConfig
 
 def _set_outputs(data_dir: DataDir, names: list[str]) -> list[Path]:
     """Every file a run may write for sources `names`: their shards and stamps, and the manifest."""
-    shards = [path for name in names for split in ("train", "valid") for path in paths_of(data_dir.prefix(name, split))]
+    shards = [path for name in names for path in _shard_files(functools.partial(data_dir.prefix, name))]
     return [*shards, *(data_dir.stamp(name) for name in names), data_dir.manifest]
+
+
+def _shard_files(prefix_of: Callable[[str], Path]) -> list[Path]:
+    """The .bin and .idx of both splits, `prefix_of(split)` giving each split's prefix."""
+    return [path for split in ("train", "valid") for path in paths_of(prefix_of(split))]
 
 
 def manifest_of(sources: list[Source | ShardSource], data_dir: DataDir, config: ExperimentConfig,
@@ -573,7 +578,7 @@ def run_task(task: Task, config: ExperimentConfig, tokenizer: Any, cache: Path, 
     name, part = task.source.name, task.part
     scratch = cache / f"task-{task.index}"
     part_tasks.clear(scratch)
-    shards_of_part = [path for split in ("train", "valid") for path in paths_of(data_dir.part(name, part, split))]
+    shards_of_part = _shard_files(functools.partial(data_dir.part, name, part))
     try:
         with OutputSet([*shards_of_part, data_dir.part_stamp(name, part)]) as out:
             shards = _tokenize_part(task, config, tokenizer, scratch, out)

@@ -27,7 +27,7 @@ import numpy as np
 
 from regmix_ds.core.errors import RegmixError
 from regmix_ds.core.files import file_hash
-from regmix_ds.core.mixture import read_prior
+from regmix_ds.core.mixture import MAX_WEIGHT, read_prior
 from regmix_ds.core.names import LOSS_PREFIX, WEIGHT_PREFIX, check_safe_name, loss_name, weight_name
 from regmix_ds.core.settings import parse_pairs
 
@@ -122,9 +122,9 @@ def _read_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
-MAX_CELL = 1e18
-"""The largest magnitude a weight or loss cell may hold: far past any real one, and far enough
-below the float limit (1.8e308) that sums and squares over a whole table stay finite."""
+MAX_CELL = MAX_WEIGHT
+"""The largest magnitude a weight or loss cell may hold: the bound a mixture's weights have, for
+the same reason (sums and squares over a whole table stay finite)."""
 
 
 def _number(cell: str, path: object, where: str) -> float:
