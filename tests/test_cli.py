@@ -106,10 +106,11 @@ class Bench:
         """A tmpfs mounted for this case (root only; unmounted when the case ends)."""
         where = self.tmp / name
         where.mkdir()
-        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                                 timeout=60)
         if mounted.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.decode().strip()}): needs root")
-        self.request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(where)], check=True))
+        self.request.addfinalizer(lambda: subprocess.run(["umount", "-l", str(where)], check=True, timeout=60))
         return where
 
     def write(self, name: str, text: str) -> Path:
